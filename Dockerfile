@@ -1,0 +1,13 @@
+# Slim image running the same gunicorn command as the Procfile.
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PORT=8080 ENVIRONMENT=production
+WORKDIR /app
+COPY requirements.txt .
+RUN pip install --no-cache-dir -r requirements.txt
+COPY app.py gunicorn.conf.py ./
+COPY proxy/ proxy/
+COPY destinations/ destinations/
+RUN useradd --create-home proxy && mkdir -p /app/data /app/spool && chown proxy /app/data /app/spool
+USER proxy
+EXPOSE 8080
+CMD ["gunicorn", "-c", "gunicorn.conf.py", "app:app"]

@@ -1,0 +1,78 @@
+"""The WSGI entry point: `gunicorn -k gevent app:app` (see gunicorn.conf.py)."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import sys
+
+from flask import Flask, Response
+from werkzeug.exceptions import HTTPException
+
+from destinations import build_destinations
+from destinations.mixpanel import MixpanelClient
+from proxy import __version__, metrics, replies
+from proxy.cors import init_cors
+from proxy.logs import configure_logging
+from proxy.routes import bp
+from proxy.runtime import Runtime
+from proxy.settings import ConfigError, Settings
+from proxy.staticlib import LibraryCache
+from proxy.transform import Transformer
+
+log = logging.getLogger("proxy")
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    configure_logging(settings)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = None  # we enforce MAX_BODY_BYTES ourselves, after gunzip too
+    rt = Runtime(
+        settings=settings,
+        destinations=build_destinations(settings),
+        transformer=Transformer.from_settings(settings),
+        library=LibraryCache(settings.mixpanel_cdn_url, settings.mixpanel_lib_dir),
+        upstream=MixpanelClient(settings.mixpanel_api_host, settings.mixpanel_timeout_seconds),
+    )
+    app.extensions["mpproxy"] = rt
+    init_cors(app, settings.frontend_url)
+    app.register_blueprint(bp, url_prefix=settings.get("base_path"))
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        return replies.as_json({"error": exc.name.lower(), "status": exc.code}, exc.code or 500)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return replies.as_json({"error": "internal error", "status": 500}, 500)
+
+    @app.after_request
+    def _count(response: Response) -> Response:
+        from flask import request
+
+        endpoint = (request.url_rule.rule.strip("/").split("/")[0] if request.url_rule else "unmatched") or "root"
+        metrics.REQUESTS.labels(endpoint, str(response.status_code)).inc()
+        return response
+
+    names = ", ".join(d.name for d in rt.destinations)
+    if settings.destinations_defaulted:
+        log.info("DESTINATIONS is unset: using the embedded default, local files under %s", settings.data_dir)
+    log.info("mixpanel-dwh-proxy %s ready: destinations %s", __version__, names)
+    atexit.register(rt.close)
+    return app
+
+
+def _load() -> Flask:
+    try:
+        return create_app()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+app = _load()
+
+if __name__ == "__main__":
+    app.run(host="127.0.0.1", port=app.extensions["mpproxy"].settings.port)

@@ -1,0 +1,128 @@
+"""The dead letter: rows a destination could not take, kept until `replay` re-drives them.
+
+Reads: DEAD_LETTER_DIR (default `./spool`), DEAD_LETTER_MAX_BYTES (default 1 GiB).
+Each failed batch is one NDJSON file `<dir>/<destination>/<stamp>-<host>-<pid>-<rand>.ndjson`
+whose single line holds destination, table, reason, attempts, spooled_at and rows.
+Files are written to a temporary name and renamed, so a reader never sees half a
+batch. When the spool cannot take a batch (disk full, over its cap) `put` raises
+`DeadLetterFull`, and the request that carried the rows is answered 503.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from destinations.rows import Row, json_safe
+
+log = logging.getLogger(__name__)
+_HOST = "".join(ch if ch.isalnum() else "-" for ch in socket.gethostname())[:40]
+
+
+class DeadLetterFull(Exception):
+    """The spool cannot take more data; callers must refuse new data (503)."""
+
+
+@dataclass(frozen=True)
+class SpooledBatch:
+    path: Path
+    destination: str
+    table: str
+    reason: str
+    attempts: int
+    spooled_at: float
+    rows: list[Row]
+
+
+class DeadLetter:
+    def __init__(self, directory: str, max_bytes: int = 1 << 30) -> None:
+        self.root = Path(directory)
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._size: int | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> DeadLetter:
+        return cls(settings.get("dead_letter_dir", "./spool"), settings.get_int("dead_letter_max_bytes", 1 << 30, 1024))
+
+    def _current_size(self) -> int:
+        if self._size is None:
+            self._size = sum(p.stat().st_size for p in self.root.rglob("*.ndjson")) if self.root.is_dir() else 0
+        return self._size
+
+    def put(self, destination: str, table: str, rows: list[Row], reason: str, attempts: int) -> Path:
+        line = {
+            "destination": destination,
+            "table": table,
+            "reason": reason,
+            "attempts": attempts,
+            "spooled_at": time.time(),
+            "rows": rows,
+        }
+        try:
+            data = (json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        except (TypeError, ValueError, RecursionError):
+            data = (json.dumps(json_safe(line), ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        with self._lock:
+            if self._current_size() + len(data) > self.max_bytes:
+                raise DeadLetterFull(f"dead letter spool is over DEAD_LETTER_MAX_BYTES ({self.max_bytes})")
+            folder = self.root / destination
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            path = folder / f"{stamp}-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}.ndjson"
+            tmp = folder / f".{path.name}.tmp"
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                with open(tmp, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, path)
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                raise DeadLetterFull(f"dead letter spool cannot be written: {exc.strerror}") from None
+            self._size = self._current_size() + len(data)
+        log.warning("spooled %d rows for %s/%s (%s)", len(rows), destination, table, reason.split(":", 1)[0])
+        return path
+
+    def batches(self, destination: str | None = None) -> Iterator[SpooledBatch]:
+        if not self.root.is_dir():
+            return
+        folders = [self.root / destination] if destination else sorted(p for p in self.root.iterdir() if p.is_dir())
+        for folder in folders:
+            for path in sorted(folder.glob("*.ndjson")):
+                try:
+                    line = json.loads(path.read_text(encoding="utf-8"))
+                except (OSError, ValueError) as exc:
+                    log.error("unreadable spool file %s: %s", path, exc)
+                    continue
+                yield SpooledBatch(
+                    path,
+                    line["destination"],
+                    line["table"],
+                    line.get("reason", ""),
+                    int(line.get("attempts", 0)),
+                    float(line.get("spooled_at", 0)),
+                    line["rows"],
+                )
+
+    def remove(self, batch: SpooledBatch) -> None:
+        with self._lock:
+            try:
+                size = batch.path.stat().st_size
+                batch.path.unlink()
+            except FileNotFoundError:
+                return
+            if self._size is not None:
+                self._size = max(0, self._size - size)
+
+    def pending_rows(self) -> int:
+        return sum(len(b.rows) for b in self.batches())

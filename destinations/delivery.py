@@ -1,0 +1,320 @@
+"""Delivery for every destination except Mixpanel: rows, batching, retries, dead letters.
+
+Reads: DELIVERY (`batch` | `sync`), BATCH_MAX_RECORDS, BATCH_MAX_BYTES,
+BATCH_MAX_SECONDS, MAX_BUFFER_BYTES, RETRY_MAX_ATTEMPTS, RETRY_MAX_SECONDS, each
+with a per-destination override (`S3_BATCH_MAX_SECONDS`, ...).
+
+A `RowDestination` turns records into rows and hands them to a `RowSink` (how rows
+reach one service). In `batch` mode rows wait in a bounded per-destination buffer
+that a background flusher drains on count, bytes or age; in `sync` mode they are
+written inside the request. Transient errors are retried with exponential backoff
+and jitter; what still fails goes to the dead letter. A buffer that is full (its
+destination is down) spills to the dead letter instead of growing. Nothing is
+dropped silently: if the dead letter cannot take rows either, the write fails and
+the SDK is told to retry (503).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from destinations.base import PermanentError, TransientError, WriteResult, short_error
+from destinations.deadletter import DeadLetter, DeadLetterFull
+from destinations.rows import Row, RowBatch, dumps_row, to_rows
+from destinations.schema import TableSchema
+from proxy import metrics
+from proxy.records import Ingest, Kind
+from proxy.settings import Settings
+
+log = logging.getLogger(__name__)
+FREEZING_RUNTIMES = {"AWS", "GCP", "AZURE", "LAMBDA", "FUNCTIONS"}
+
+
+class RowSink(Protocol):
+    """How rows reach one service. Raise TransientError or PermanentError on failure."""
+
+    name: str
+
+    def write_rows(self, table: str, rows: list[Row]) -> int: ...
+
+    def setup(self) -> None: ...
+
+    def drop(self, tables: list[str]) -> list[str]: ...
+
+    def health(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    mode: str = "batch"
+    max_records: int = 5000
+    max_bytes: int = 8 * 1024 * 1024
+    max_seconds: float = 10.0
+    max_buffer_bytes: int = 64 * 1024 * 1024
+    retry_max_attempts: int = 5
+    retry_max_seconds: float = 30.0
+    retry_base_seconds: float = 0.2
+
+    @classmethod
+    def from_settings(cls, settings: Settings, name: str) -> DeliveryConfig:
+        def pick(key: str, getter: Callable[..., Any], default: Any, minimum: float) -> Any:
+            return getter(f"{name}_{key}", getter(key, default, minimum), minimum)
+
+        max_records = pick("batch_max_records", settings.get_int, cls.max_records, 1)
+        default_mode = "sync" if settings.runtime in FREEZING_RUNTIMES or max_records == 1 else "batch"
+        mode = (settings.get(f"{name}_delivery") or settings.get("delivery") or default_mode).lower()
+        if mode not in {"sync", "batch"}:
+            from proxy.settings import ConfigError
+
+            raise ConfigError(f"DELIVERY={mode!r} must be batch or sync")
+        return cls(
+            mode="sync" if max_records == 1 else mode,
+            max_records=max_records,
+            max_bytes=pick("batch_max_bytes", settings.get_int, cls.max_bytes, 1),
+            max_seconds=pick("batch_max_seconds", settings.get_float, cls.max_seconds, 0.05),
+            max_buffer_bytes=pick("max_buffer_bytes", settings.get_int, cls.max_buffer_bytes, 1024),
+            retry_max_attempts=pick("retry_max_attempts", settings.get_int, cls.retry_max_attempts, 1),
+            retry_max_seconds=pick("retry_max_seconds", settings.get_float, cls.retry_max_seconds, 0),
+            retry_base_seconds=pick("retry_base_seconds", settings.get_float, cls.retry_base_seconds, 0),
+        )
+
+
+def deliver_with_retries(
+    name: str, write: Callable[[], int], config: DeliveryConfig, stop: threading.Event | None = None
+) -> tuple[int, str | None, int]:
+    """Run `write` until it succeeds, fails permanently, or runs out of attempts or time.
+    Returns (rows written, error or None, attempts)."""
+    started = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return write(), None, attempt
+        except PermanentError as exc:
+            return 0, f"permanent: {short_error(exc)}", attempt
+        except TransientError as exc:
+            error = f"transient: {short_error(exc)}"
+        except Exception as exc:  # noqa: BLE001 - an unclassified SDK error is treated as transient
+            log.warning("unclassified error from %s: %s", name, type(exc).__name__)
+            error = f"transient: {type(exc).__name__}: {short_error(exc)}"
+        delay = min(config.retry_base_seconds * 2 ** (attempt - 1), 10.0) * (0.5 + random.random())
+        out_of_time = time.monotonic() + delay - started > config.retry_max_seconds
+        if attempt >= config.retry_max_attempts or out_of_time or (stop is not None and stop.is_set()):
+            return 0, error, attempt
+        metrics.RETRIES.labels(name).inc()
+        time.sleep(delay)
+
+
+class _Buffer:
+    """Rows waiting for one destination, per table. Not thread-safe: the owner locks."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, list[Row]] = {}
+        self.rows = 0
+        self.bytes = 0
+        self.oldest: float | None = None
+
+    def add(self, table: str, rows: list[Row], size: int, now: float) -> None:
+        self.tables.setdefault(table, []).extend(rows)
+        self.rows += len(rows)
+        self.bytes += size
+        if self.oldest is None:
+            self.oldest = now
+
+
+class RowDestination:
+    """A Destination made of the row model, a delivery policy and a RowSink."""
+
+    def __init__(
+        self,
+        sink: RowSink,
+        schemas: dict[Kind, TableSchema],
+        config: DeliveryConfig,
+        dead_letter: DeadLetter,
+        timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.sink = sink
+        self.name = sink.name
+        self.schemas = schemas
+        self.config = config
+        self.dead_letter = dead_letter
+        self.timeout = timeout
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._buffer = _Buffer()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._flusher: threading.Thread | None = None
+        self._setup_lock = threading.Lock()
+        self._setup_done = False
+
+    # -- the Destination contract ------------------------------------------------------
+    def write(self, ingest: Ingest) -> WriteResult:
+        started = time.monotonic()
+        batch = to_rows(ingest.records, self.schemas)
+        self._count(batch, len(ingest.records))
+        if self.config.mode == "sync":
+            return self._write_now(batch, started)
+        return self._enqueue(batch, started)
+
+    def setup(self) -> None:
+        """Single-flight per process: concurrent first requests wait for one set-up."""
+        if self._setup_done:
+            return
+        with self._setup_lock:
+            if not self._setup_done:
+                self.sink.setup()
+                self._setup_done = True
+
+    def drop(self) -> list[str]:
+        return self.sink.drop([s.name for s in self.schemas.values()])
+
+    def health(self) -> dict[str, Any]:
+        with self._lock:
+            depth, size, oldest = self._buffer.rows, self._buffer.bytes, self._buffer.oldest
+        info = {"mode": self.config.mode, "buffered_rows": depth, "buffered_bytes": size}
+        if oldest is not None:
+            info["oldest_unflushed_seconds"] = round(self.clock() - oldest, 3)
+        info.update(self.sink.health())
+        return info
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the flusher and drain: write what we can, spool the rest."""
+        self._stop.set()
+        self._wake.set()
+        if self._flusher is not None:
+            self._flusher.join(timeout)
+        self.flush(final=True)
+        self.sink.close()
+
+    # -- sync ---------------------------------------------------------------------------
+    def _write_now(self, batch: RowBatch, started: float) -> WriteResult:
+        inserted = failed = 0
+        errors: list[str] = []
+        for table, rows in batch.tables.items():
+            written, error = self._deliver(table, rows)
+            inserted += written
+            if error:
+                failed += len(rows)
+                errors.append(error)
+        duration = (time.monotonic() - started) * 1000
+        if errors:
+            # The rows are safe in the dead letter (or _deliver raised): the SDK need not retry.
+            return WriteResult(self.name, "queued", inserted, failed, duration, errors[0])
+        return WriteResult(self.name, "success", inserted, 0, duration)
+
+    # -- batch --------------------------------------------------------------------------
+    def _enqueue(self, batch: RowBatch, started: float) -> WriteResult:
+        self._ensure_flusher()
+        spill: list[tuple[str, list[Row]]] = []
+        queued = 0
+        now = self.clock()
+        with self._lock:
+            for table, rows in batch.tables.items():
+                size = sum(len(dumps_row(r)) + 1 for r in rows)
+                if self._buffer.bytes + size > self.config.max_buffer_bytes:
+                    spill.append((table, rows))
+                    continue
+                self._buffer.add(table, rows, size, now)
+                queued += len(rows)
+            full = self._buffer.rows >= self.config.max_records or self._buffer.bytes >= self.config.max_bytes
+            self._publish_gauges()
+        if full:
+            self._wake.set()
+        for table, rows in spill:
+            # The destination is not keeping up: spill rather than grow (raises DeadLetterFull -> 503).
+            self.dead_letter.put(self.name, table, rows, "buffer_full", 0)
+            metrics.DEAD_LETTERED.labels(self.name, "buffer_full").inc(len(rows))
+        duration = (time.monotonic() - started) * 1000
+        return WriteResult(self.name, "queued", queued, 0, duration, "buffer full: spooled" if spill else None)
+
+    def _ensure_flusher(self) -> None:
+        if self._flusher is None or not self._flusher.is_alive():
+            with self._lock:
+                if (self._flusher is None or not self._flusher.is_alive()) and not self._stop.is_set():
+                    self._flusher = threading.Thread(target=self._run, name=f"flush-{self.name}", daemon=True)
+                    self._flusher.start()
+
+    def _run(self) -> None:
+        tick = min(self.config.max_seconds / 4, 0.5)
+        while not self._stop.is_set():
+            self._wake.wait(tick)
+            self._wake.clear()
+            try:
+                if self._due():
+                    self.flush()
+                with self._lock:
+                    self._publish_gauges()
+            except Exception:  # noqa: BLE001 - the flusher must outlive any one failure
+                log.exception("flusher for %s failed; continuing", self.name)
+                time.sleep(tick)
+
+    def _due(self) -> bool:
+        with self._lock:
+            buffer = self._buffer
+            if buffer.oldest is None:
+                return False
+            return (
+                buffer.rows >= self.config.max_records
+                or buffer.bytes >= self.config.max_bytes
+                or self.clock() - buffer.oldest >= self.config.max_seconds
+            )
+
+    def flush(self, final: bool = False) -> int:
+        """Write everything buffered now. Returns rows written."""
+        with self._flush_lock:
+            with self._lock:
+                buffer, self._buffer = self._buffer, _Buffer()
+                self._publish_gauges()
+            written = 0
+            for table, rows in buffer.tables.items():
+                for start in range(0, len(rows), self.config.max_records):
+                    chunk = rows[start : start + self.config.max_records]
+                    count, _error = self._deliver(table, chunk, final=final)
+                    written += count
+            return written
+
+    def _deliver(self, table: str, rows: list[Row], final: bool = False) -> tuple[int, str | None]:
+        """Write with retries; on failure dead-letter. Raises DeadLetterFull if even that fails."""
+        started = time.monotonic()
+        stop = self._stop if not final else None
+        written, error, attempts = deliver_with_retries(self.name, lambda: self.sink.write_rows(table, rows), self.config, stop)
+        metrics.FLUSH_SECONDS.labels(self.name).observe(time.monotonic() - started)
+        if error is None:
+            metrics.FLUSHES.labels(self.name, "ok").inc()
+            metrics.ROWS_OUT.labels(self.name).inc(written)
+            return written, None
+        metrics.FLUSHES.labels(self.name, "failed").inc()
+        reason = error.split(":", 1)[0]
+        log.warning(
+            "%s: %d rows to %s failed after %d attempts (%s); dead-lettering", self.name, len(rows), table, attempts, error
+        )
+        self.dead_letter.put(self.name, table, rows, error, attempts)
+        metrics.DEAD_LETTERED.labels(self.name, reason).inc(len(rows))
+        return 0, error
+
+    def _count(self, batch: RowBatch, records: int) -> None:
+        metrics.RECORDS_IN.labels(self.name).inc(records)
+        for reason, count in batch.dropped.items():
+            metrics.DROPPED.labels(self.name, reason).inc(count)
+        for column, count in batch.cast_failures.items():
+            metrics.CAST_FAILURES.labels(column).inc(count)
+
+    def _publish_gauges(self) -> None:
+        buffer = self._buffer
+        metrics.BUFFER_ROWS.labels(self.name).set(buffer.rows)
+        metrics.BUFFER_BYTES.labels(self.name).set(buffer.bytes)
+        metrics.OLDEST_AGE.labels(self.name).set(0 if buffer.oldest is None else self.clock() - buffer.oldest)
+
+
+__all__ = ["DeadLetterFull", "DeliveryConfig", "RowDestination", "RowSink", "deliver_with_retries"]

@@ -1,0 +1,86 @@
+"""`files`: the embedded default. Gzip NDJSON objects under `DATA_DIR` (default `./data`).
+
+Reads: DATA_DIR, LAKE_PREFIX, LAKE_MAX_OBJECT_BYTES. Each object is written to a
+temporary name in its final folder and renamed into place, so readers never see a
+torn file, and every object has a unique name, so no two workers ever append to
+one file.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from destinations.base import PermanentError, TransientError
+from destinations.lake import LakeConfig, LakeWriter
+from proxy.settings import Settings
+
+
+class LocalStore:
+    def __init__(self, root: str) -> None:
+        self.root = Path(root).resolve()
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root not in path.parents:
+            raise PermanentError(f"object key {key!r} escapes DATA_DIR")
+        return path
+
+    def put(self, key: str, data: bytes, content_type: str, content_encoding: str | None) -> None:
+        path = self._path(key)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except PermissionError as exc:
+            raise PermanentError(f"cannot write under DATA_DIR: {exc.strerror}") from None
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise TransientError(f"cannot write under DATA_DIR: {exc.strerror}") from None
+
+    def ensure_container(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PermanentError(f"cannot create DATA_DIR {str(self.root)!r}: {exc.strerror}") from None
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def list_keys(self, prefix: str) -> list[str]:
+        base = self._path(prefix.rstrip("/") or ".")
+        if not base.is_dir():
+            return []
+        return sorted(str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+class FilesSink:
+    """Row sink over the shared lake writer."""
+
+    name = "files"
+
+    def __init__(self, settings: Settings) -> None:
+        self.data_dir = settings.data_dir
+        self.writer = LakeWriter(LocalStore(settings.data_dir), LakeConfig.from_settings(settings))
+
+    def write_rows(self, table: str, rows: list[dict]) -> int:
+        self.writer.write(table, rows)
+        return len(rows)
+
+    def setup(self) -> None:
+        self.writer.store.ensure_container()
+        self.writer.probe()
+
+    def drop(self, tables: list[str]) -> list[str]:
+        return self.writer.drop(tables)
+
+    def health(self) -> dict:
+        return {"data_dir": str(self.writer.store.root), "writable": os.access(self.writer.store.root, os.W_OK)}
+
+    def close(self) -> None:
+        pass

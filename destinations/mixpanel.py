@@ -1,0 +1,246 @@
+"""`mixpanel`: forward records to Mixpanel's ingestion API, synchronously.
+
+Reads: MIXPANEL_API_HOST (or MIXPANEL_REGION), MIXPANEL_TIMEOUT_SECONDS. The SDK
+waits for Mixpanel's verdict, so this destination is not batched: it chunks to
+Mixpanel's limits, gzips, retries 429/5xx with backoff inside its deadline, and
+reports Mixpanel's reply. Also used by the pass-through routes (`forward_raw`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import requests
+
+from destinations.base import UpstreamReply, WriteResult, short_error
+from proxy.records import Ingest
+from proxy.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Mixpanel's documented limits: 2000 records per request; /import also 10 MB uncompressed.
+MAX_RECORDS = 2000
+MAX_BYTES = {"import": 10 * 1000 * 1000 - 4096, "track": 1_000_000, "engage": 1_000_000, "groups": 1_000_000}
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+USER_AGENT = "mixpanel-dwh-proxy"
+
+
+class MixpanelUnavailable(Exception):
+    """Mixpanel could not be reached or kept failing until the deadline."""
+
+
+def chunks(items: Sequence[Any], endpoint: str) -> Iterator[tuple[int, bytes, int]]:
+    """(offset, JSON array bytes, count) chunks within Mixpanel's count and size limits."""
+    limit = MAX_BYTES.get(endpoint, 1_000_000)
+    start = 0
+    parts: list[bytes] = []
+    size = 2
+    for index, item in enumerate(items):
+        encoded = json.dumps(item, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8")
+        if parts and (len(parts) >= MAX_RECORDS or size + len(encoded) + 1 > limit):
+            yield start, b"[" + b",".join(parts) + b"]", len(parts)
+            start, parts, size = index, [], 2
+        parts.append(encoded)
+        size += len(encoded) + 1
+    if parts:
+        yield start, b"[" + b",".join(parts) + b"]", len(parts)
+
+
+class MixpanelClient:
+    """One pooled HTTP session per process, created once (gevent-safe after monkey-patching)."""
+
+    def __init__(self, base_url: str, timeout: float) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self._session: requests.Session | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def session(self) -> requests.Session:
+        if self._session is None:
+            with self._lock:
+                if self._session is None:
+                    session = requests.Session()
+                    adapter = requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=128, max_retries=0)
+                    session.mount("http://", adapter)
+                    session.mount("https://", adapter)
+                    session.headers["User-Agent"] = USER_AGENT
+                    self._session = session
+        return self._session
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Sequence[tuple[str, str]] | Mapping[str, str] | None = None,
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        deadline: float | None = None,
+        retry: bool = True,
+    ) -> requests.Response:
+        """Send with retries on 429/5xx/connection errors until `deadline` (monotonic)."""
+        deadline = deadline or time.monotonic() + self.timeout
+        attempt = 0
+        last_error = "no attempt"
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise MixpanelUnavailable(f"Mixpanel unavailable: {last_error}")
+            attempt += 1
+            try:
+                response = self.session.request(
+                    method,
+                    self.base_url + path,
+                    params=params,
+                    data=data,
+                    headers=headers,
+                    timeout=(min(remaining, 5.0), remaining),
+                    allow_redirects=False,
+                )
+            except requests.RequestException as exc:
+                last_error = short_error(exc, 120)
+                response = None
+            else:
+                if response.status_code not in RETRY_STATUSES or not retry:
+                    return response
+                last_error = f"HTTP {response.status_code}"
+            if not retry:
+                raise MixpanelUnavailable(f"Mixpanel unavailable: {last_error}")
+            delay = min(2.0, 0.1 * 2 ** (attempt - 1)) * (0.5 + random.random())
+            if response is not None and response.headers.get("Retry-After", "").isdigit():
+                delay = max(delay, float(response.headers["Retry-After"]))
+            if time.monotonic() + delay >= deadline:
+                if response is not None:
+                    return response  # out of time: hand back Mixpanel's last answer
+                raise MixpanelUnavailable(f"Mixpanel unavailable: {last_error}")
+            log.info("mixpanel retry", extra={"attempt": attempt, "reason": last_error, "path": path})
+            time.sleep(delay)
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+
+
+def forwarding_headers(client_ip: str | None, authorization: str | None = None) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    if client_ip:
+        headers["X-Forwarded-For"] = client_ip
+        headers["X-Real-IP"] = client_ip
+    if authorization:
+        headers["Authorization"] = authorization
+    return headers
+
+
+def _parse_reply(response: requests.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        text = response.text.strip()
+        return int(text) if text in {"0", "1"} else text[:200]
+
+
+class MixpanelDestination:
+    name = "mixpanel"
+
+    def __init__(self, settings: Settings) -> None:
+        self.client = MixpanelClient(settings.mixpanel_api_host, settings.mixpanel_timeout_seconds)
+        # dispatch() gives us a little longer than our own deadline so we report, not get killed.
+        self.timeout = settings.mixpanel_timeout_seconds + 2.0
+
+    def write(self, ingest: Ingest) -> WriteResult:
+        started = time.monotonic()
+        items = [r.payload for r in ingest.records]
+        headers = forwarding_headers(ingest.client_ip, ingest.authorization if ingest.endpoint == "import" else None)
+        headers.update({"Content-Type": "application/json", "Content-Encoding": "gzip"})
+        params: list[tuple[str, str]] = list(ingest.upstream_params)
+        if ingest.endpoint != "import":
+            params += [("ip", "1"), ("verbose", "1")]
+        deadline = started + self.client.timeout
+        replies: list[tuple[int, int, int, Any]] = []  # (offset, status_code, count, body)
+        try:
+            for offset, body, count in chunks(items, ingest.endpoint):
+                response = self.client.request(
+                    "POST", f"/{ingest.endpoint}", params=params, data=gzip.compress(body, 6), headers=headers, deadline=deadline
+                )
+                replies.append((offset, response.status_code, count, _parse_reply(response)))
+        except MixpanelUnavailable as exc:
+            sent = sum(c for _, _, c, _ in replies)
+            return WriteResult(self.name, "error", sent, len(items) - sent, _ms(started), str(exc), retryable=True)
+        upstream = combine_replies(ingest.endpoint, replies)
+        ok = _accepted(ingest.endpoint, upstream)
+        inserted = len(items) if ok else _imported(upstream)
+        error = None if ok else _error_text(upstream)
+        return WriteResult(
+            self.name, "success" if ok else "error", inserted, len(items) - inserted, _ms(started), error, upstream=upstream
+        )
+
+    def setup(self) -> None:
+        pass
+
+    def drop(self) -> list[str]:
+        return []
+
+    def health(self) -> dict[str, Any]:
+        return {"api_host": self.client.base_url}
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _ms(started: float) -> float:
+    return (time.monotonic() - started) * 1000
+
+
+def _accepted(endpoint: str, reply: UpstreamReply) -> bool:
+    if reply.status_code >= 300:
+        return False
+    body = reply.body
+    if endpoint == "import":
+        return isinstance(body, dict) and body.get("code", reply.status_code) == 200
+    if isinstance(body, dict):
+        return body.get("status") == 1
+    return body == 1
+
+
+def _imported(reply: UpstreamReply) -> int:
+    body = reply.body
+    return int(body.get("num_records_imported") or 0) if isinstance(body, dict) else 0
+
+
+def _error_text(reply: UpstreamReply) -> str:
+    body = reply.body
+    if isinstance(body, dict):
+        return short_error(Exception(body.get("error") or body.get("status") or f"HTTP {reply.status_code}"))
+    return f"Mixpanel answered {reply.status_code} {str(body)[:100]}"
+
+
+def combine_replies(endpoint: str, replies: list[tuple[int, int, int, Any]]) -> UpstreamReply:
+    """One verdict for a request that went upstream in several chunks."""
+    if len(replies) == 1:
+        _, status, _, body = replies[0]
+        return UpstreamReply(status, body)
+    if endpoint == "import":
+        imported = sum(int(b.get("num_records_imported") or 0) for _, _, _, b in replies if isinstance(b, dict))
+        for offset, status, _, body in replies:
+            if status >= 300 or not isinstance(body, dict) or body.get("code", status) != 200:
+                merged = dict(body) if isinstance(body, dict) else {"code": status, "error": str(body)}
+                merged["num_records_imported"] = imported
+                failed = merged.get("failed_records")
+                if isinstance(failed, list):
+                    merged["failed_records"] = [
+                        {**f, "index": f.get("index", 0) + offset} if isinstance(f, dict) else f for f in failed
+                    ]
+                return UpstreamReply(status, merged)
+        return UpstreamReply(200, {"code": 200, "num_records_imported": imported, "status": "OK"})
+    for _, status, _, body in replies:
+        if not _accepted(endpoint, UpstreamReply(status, body)):
+            return UpstreamReply(status, body)
+    return UpstreamReply(replies[0][1], replies[0][3])

@@ -1,0 +1,269 @@
+"""records -> rows: pure functions, no I/O.
+
+Columns are filled from well-known fields; `properties` keeps every original
+property under its original key (`$` included), so nothing is lost and no user
+property can overwrite a column. Rows hold JSON-ready values only: timestamps are
+RFC 3339 strings in UTC, `properties` is a JSON object (or list, for `$unset`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from destinations.schema import Column, TableSchema
+from proxy.records import Kind, Record
+
+PROFILE_OPERATIONS = ("$set", "$set_once", "$add", "$append", "$union", "$remove", "$unset", "$delete", "$ignore_alias")
+MS_THRESHOLD = 1e11  # above this a numeric time is milliseconds (year 5138 in seconds)
+MIN_EPOCH = datetime(1, 1, 1, tzinfo=UTC).timestamp()
+MAX_EPOCH = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
+MAX_DEPTH = 100
+
+Row = dict[str, Any]
+
+
+@dataclass
+class RowBatch:
+    """Rows per table name, plus counts of what could not become a row (reason -> n)."""
+
+    tables: dict[str, list[Row]] = field(default_factory=dict)
+    dropped: Counter = field(default_factory=Counter)
+    cast_failures: Counter = field(default_factory=Counter)
+
+    @property
+    def row_count(self) -> int:
+        return sum(len(r) for r in self.tables.values())
+
+
+# --- value helpers ----------------------------------------------------------------------
+
+
+def format_timestamp(epoch_seconds: float) -> str:
+    return datetime.fromtimestamp(epoch_seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(value: Any) -> float | None:
+    """Epoch seconds from seconds, milliseconds, floats, numeric strings or ISO 8601; None if unusable."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            number = float(text)
+        except ValueError:
+            try:
+                parsed = datetime.fromisoformat(text.replace("z", "Z"))
+            except ValueError:
+                return None
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=UTC)
+            return parsed.timestamp()
+        value = number
+    if not isinstance(value, (int, float)):
+        return None
+    seconds = float(value)
+    if not math.isfinite(seconds):
+        return None
+    if abs(seconds) >= MS_THRESHOLD:
+        seconds /= 1000.0
+    if not (MIN_EPOCH <= seconds <= MAX_EPOCH):
+        return None
+    return seconds
+
+
+def json_safe(value: Any, depth: int = 0) -> Any:
+    """A JSON-serialisable copy of `value`. Unknown types become strings; nesting deeper
+    than MAX_DEPTH becomes a string; cycles are cut. Never raises."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if depth >= MAX_DEPTH:
+        return _repr(value)
+    if isinstance(value, dict):
+        return {str(k): json_safe(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [json_safe(v, depth + 1) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return _repr(value)
+
+
+def _repr(value: Any) -> str:
+    try:
+        return json.dumps(value, default=str)[:10_000]
+    except (TypeError, ValueError, RecursionError):
+        try:
+            return str(value)[:10_000]
+        except Exception:  # noqa: BLE001 - a user object whose __str__ raises
+            return f"<{type(value).__name__}>"
+
+
+def text(value: Any) -> str | None:
+    """A column value for STRING: strings as is, numbers as their JSON text, objects as JSON."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return json.dumps(value) if isinstance(value, int) or math.isfinite(value) else str(value)
+    return _repr(value)
+
+
+_MISSING = object()
+
+
+def cast(value: Any, column: Column) -> Any:
+    """Cast a property to an extra column's type; raises ValueError when it cannot."""
+    if value is None:
+        return None
+    kind = column.type
+    if kind == "STRING":
+        return text(value)
+    if kind == "JSON":
+        return json_safe(value)
+    if kind == "BOOL":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (int, float)) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in {"true", "false", "1", "0"}:
+            return value.strip().lower() in {"true", "1"}
+        raise ValueError
+    if kind == "INT64":
+        if isinstance(value, bool):
+            raise ValueError
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, int):
+            if not -(2**63) <= value < 2**63:
+                raise ValueError
+            return value
+        if isinstance(value, str):
+            number = float(value.strip())
+            if number.is_integer() and -(2**63) <= number < 2**63:
+                return int(number)
+        raise ValueError
+    if kind == "FLOAT64":
+        if isinstance(value, bool):
+            raise ValueError
+        number = float(value) if isinstance(value, (int, float, str)) else None
+        if number is None or not math.isfinite(number):
+            raise ValueError
+        return number
+    if kind == "TIMESTAMP":
+        seconds = parse_time(value)
+        if seconds is None:
+            raise ValueError
+        return format_timestamp(seconds)
+    raise ValueError
+
+
+def _extras(row: Row, source: Any, table: TableSchema, batch: RowBatch) -> None:
+    for column in table.extra_columns:
+        value = source.get(column.source, None) if isinstance(source, dict) else None
+        try:
+            row[column.name] = cast(value, column)
+        except (ValueError, TypeError, OverflowError):
+            row[column.name] = None
+            batch.cast_failures[f"{table.name}.{column.name}"] += 1
+
+
+# --- per kind -----------------------------------------------------------------------------
+
+
+def insert_id(payload: dict, properties: dict) -> str:
+    explicit = properties.get("$insert_id")
+    if explicit not in (None, ""):
+        return text(explicit)  # type: ignore[return-value]
+    metadata = payload.get("$mp_metadata")
+    if isinstance(metadata, dict) and metadata.get("$mp_event_id") not in (None, ""):
+        return text(metadata["$mp_event_id"])  # type: ignore[return-value]
+    basis = [payload.get("event"), properties.get("distinct_id"), properties.get("time"), properties]
+    digest = hashlib.sha256(json.dumps(basis, sort_keys=True, default=str).encode()).hexdigest()
+    return digest[:32]
+
+
+def event_row(record: Record, table: TableSchema, batch: RowBatch) -> Row:
+    payload = record.payload
+    properties = payload.get("properties")
+    properties = dict(properties) if isinstance(properties, dict) else ({} if properties is None else {"properties": properties})
+    # Top-level extras beside `properties` ($mp_metadata, ...) are kept losslessly too.
+    for key, value in payload.items():
+        if key not in ("event", "properties") and key not in properties:
+            properties[key] = value
+    seconds = parse_time(properties.get("time"))
+    row: Row = {
+        "event": text(payload.get("event")),
+        "event_time": format_timestamp(record.received_at if seconds is None else seconds),
+        "insert_time": format_timestamp(record.received_at),
+        "token": text(properties.get("token")),
+        "device_id": text(properties.get("$device_id")),
+        "insert_id": insert_id(payload, properties),
+        "user_id": text(properties.get("$user_id")),
+        "distinct_id": text(properties.get("distinct_id")),
+        "properties": properties,
+    }
+    _extras(row, properties, table, batch)
+    return row
+
+
+def profile_rows(record: Record, table: TableSchema, batch: RowBatch) -> list[Row]:
+    payload = record.payload
+    operations = [op for op in PROFILE_OPERATIONS if op in payload]
+    if not operations:
+        batch.dropped["no_operation"] += 1
+        return []
+    common: Row = {"token": text(payload.get("$token"))}
+    if record.kind == "user":
+        common["distinct_id"] = text(payload.get("$distinct_id"))
+        common["ip"] = text(payload.get("$ip"))
+    else:
+        common["group_key"] = text(payload.get("$group_key"))
+        common["group_id"] = text(payload.get("$group_id"))
+    insert_time = format_timestamp(record.received_at)
+    rows = []
+    for op in operations:
+        value = payload[op]
+        row = dict(common, insert_time=insert_time, operation=op, properties=value)
+        _extras(row, value, table, batch)
+        rows.append({name: row.get(name) for name in table.column_names})
+    return rows
+
+
+def to_rows(records: Iterable[Record], schemas: dict[Kind, TableSchema]) -> RowBatch:
+    batch = RowBatch()
+    for record in records:
+        table = schemas[record.kind]
+        if not isinstance(record.payload, dict):
+            batch.dropped["not_an_object"] += 1
+            continue
+        bucket = batch.tables.setdefault(table.name, [])
+        if record.kind == "event":
+            bucket.append(event_row(record, table, batch))
+        else:
+            bucket.extend(profile_rows(record, table, batch))
+    batch.tables = {name: rows for name, rows in batch.tables.items() if rows}
+    return batch
+
+
+def dumps_row(row: Row) -> str:
+    """One NDJSON line. Rows from JSON input serialise directly; anything odd a transform
+    produced is made safe first, so this never raises."""
+    try:
+        return json.dumps(row, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return json.dumps(json_safe(row), ensure_ascii=False, separators=(",", ":"))
+
+
+def row_sizes(rows: Sequence[Row]) -> int:
+    return sum(len(dumps_row(r)) for r in rows)

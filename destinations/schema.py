@@ -1,0 +1,181 @@
+"""The one definition of the events, users and groups tables.
+
+Every warehouse DDL, lake row and Pub/Sub message is derived from `build_schemas()`:
+no other list of columns exists. Extra columns (`EVENTS_EXTRA_COLUMNS`, ...) are
+parsed here and appended to their table.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from proxy.records import Kind
+from proxy.settings import ConfigError, Settings
+
+TYPE_ALIASES = {
+    "STRING": "STRING",
+    "INT64": "INT64",
+    "INTEGER": "INT64",
+    "INT": "INT64",
+    "FLOAT64": "FLOAT64",
+    "FLOAT": "FLOAT64",
+    "NUMERIC": "FLOAT64",
+    "BOOL": "BOOL",
+    "BOOLEAN": "BOOL",
+    "TIMESTAMP": "TIMESTAMP",
+    "JSON": "JSON",
+}
+SNOWFLAKE_TYPES = {
+    "STRING": "VARCHAR",
+    "INT64": "NUMBER(38,0)",
+    "FLOAT64": "FLOAT",
+    "BOOL": "BOOLEAN",
+    "TIMESTAMP": "TIMESTAMP_TZ",
+    "JSON": "VARIANT",
+}
+REDSHIFT_TYPES = {
+    "STRING": "VARCHAR(65535)",
+    "INT64": "BIGINT",
+    "FLOAT64": "DOUBLE PRECISION",
+    "BOOL": "BOOLEAN",
+    "TIMESTAMP": "TIMESTAMPTZ",
+    "JSON": "SUPER",
+}
+COLUMN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # BigQuery spelling: STRING, INT64, FLOAT64, BOOL, TIMESTAMP, JSON
+    mode: str = "NULLABLE"  # or REQUIRED
+    source: str | None = None  # for extra columns: the property the value comes from
+
+
+@dataclass(frozen=True)
+class TableSchema:
+    kind: Kind
+    name: str
+    columns: tuple[Column, ...]
+    partition_by: str | None
+    cluster_by: tuple[str, ...]
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    @property
+    def extra_columns(self) -> tuple[Column, ...]:
+        return tuple(c for c in self.columns if c.source is not None)
+
+
+BASE_COLUMNS: dict[Kind, tuple[Column, ...]] = {
+    "event": (
+        Column("event", "STRING"),
+        Column("event_time", "TIMESTAMP", "REQUIRED"),
+        Column("insert_time", "TIMESTAMP", "REQUIRED"),
+        Column("token", "STRING"),
+        Column("device_id", "STRING"),
+        Column("insert_id", "STRING", "REQUIRED"),
+        Column("user_id", "STRING"),
+        Column("distinct_id", "STRING"),
+        Column("properties", "JSON"),
+    ),
+    "user": (
+        Column("token", "STRING"),
+        Column("distinct_id", "STRING"),
+        Column("ip", "STRING"),
+        Column("insert_time", "TIMESTAMP", "REQUIRED"),
+        Column("operation", "STRING", "REQUIRED"),
+        Column("properties", "JSON"),
+    ),
+    "group": (
+        Column("token", "STRING"),
+        Column("group_key", "STRING"),
+        Column("group_id", "STRING"),
+        Column("operation", "STRING", "REQUIRED"),
+        Column("insert_time", "TIMESTAMP", "REQUIRED"),
+        Column("properties", "JSON"),
+    ),
+}
+LAYOUT: dict[Kind, tuple[str | None, tuple[str, ...]]] = {
+    "event": ("event_time", ("event",)),
+    "user": ("insert_time", ("distinct_id",)),
+    "group": ("insert_time", ("group_id",)),
+}
+EXTRA_VARIABLES: dict[Kind, str] = {
+    "event": "EVENTS_EXTRA_COLUMNS",
+    "user": "USERS_EXTRA_COLUMNS",
+    "group": "GROUPS_EXTRA_COLUMNS",
+}
+
+
+def parse_extra_columns(spec: str | None, variable: str, taken: tuple[str, ...]) -> tuple[Column, ...]:
+    """`utm_source:STRING,$browser:browser:STRING` -> columns. Raises ConfigError naming the entry."""
+    if not spec or not spec.strip():
+        return ()
+    columns: list[Column] = []
+    names = set(taken)
+    for entry in (e.strip() for e in spec.split(",")):
+        if not entry:
+            continue
+        parts = entry.rsplit(":", 2) if entry.count(":") >= 2 else entry.split(":")
+        if len(parts) == 2:
+            source, type_name = parts
+            name = re.sub(r"[^A-Za-z0-9_]", "_", source.lstrip("$")) or "_"
+            if name[0].isdigit():
+                name = "_" + name
+        elif len(parts) == 3:
+            source, name, type_name = parts
+        else:
+            raise ConfigError(f"{variable}: {entry!r} must be property:TYPE or property:column:TYPE")
+        source, name, type_name = source.strip(), name.strip(), type_name.strip().upper()
+        if not source:
+            raise ConfigError(f"{variable}: {entry!r} names no property")
+        if type_name not in TYPE_ALIASES:
+            raise ConfigError(f"{variable}: {entry!r} has unknown type {type_name!r} (use {', '.join(sorted(TYPE_ALIASES))})")
+        if not COLUMN_NAME.match(name):
+            raise ConfigError(f"{variable}: column name {name!r} must match {COLUMN_NAME.pattern}")
+        if name.lower() in {n.lower() for n in names}:
+            raise ConfigError(f"{variable}: column {name!r} already exists in the table")
+        names.add(name)
+        columns.append(Column(name, TYPE_ALIASES[type_name], "NULLABLE", source))
+    return tuple(columns)
+
+
+def build_schemas(settings: Settings) -> dict[Kind, TableSchema]:
+    schemas: dict[Kind, TableSchema] = {}
+    for kind, base in BASE_COLUMNS.items():
+        variable = EXTRA_VARIABLES[kind]
+        extras = parse_extra_columns(settings.get(variable), variable, tuple(c.name for c in base))
+        partition, cluster = LAYOUT[kind]
+        schemas[kind] = TableSchema(kind, settings.table_names[kind], base + extras, partition, cluster)
+    return schemas
+
+
+# --- derived DDL ----------------------------------------------------------------------
+
+
+def bigquery_fields(table: TableSchema) -> list[dict[str, str]]:
+    """The schema as BigQuery's REST `fields` list (google-cloud-bigquery accepts it via SchemaField.from_api_repr)."""
+    return [{"name": c.name, "type": c.type, "mode": c.mode} for c in table.columns]
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def create_table_sql(table: TableSchema, dialect: str, qualified_name: str | None = None) -> str:
+    """`CREATE TABLE IF NOT EXISTS` for snowflake or redshift; never replaces an existing table."""
+    types = {"snowflake": SNOWFLAKE_TYPES, "redshift": REDSHIFT_TYPES}[dialect]
+    cols = ",\n  ".join(f"{_quote(c.name)} {types[c.type]}{' NOT NULL' if c.mode == 'REQUIRED' else ''}" for c in table.columns)
+    name = qualified_name or _quote(table.name)
+    tail = ""
+    if dialect == "snowflake" and table.cluster_by:
+        keys = [f"TO_DATE({_quote(table.partition_by)})"] if table.partition_by else []
+        keys += [_quote(c) for c in table.cluster_by]
+        tail = f"\nCLUSTER BY ({', '.join(keys)})"
+    elif dialect == "redshift" and table.partition_by:
+        tail = f"\nSORTKEY ({_quote(table.partition_by)})"
+    return f"CREATE TABLE IF NOT EXISTS {name} (\n  {cols}\n){tail}"

@@ -1,0 +1,62 @@
+"""gunicorn settings: gevent workers, graceful drain, Prometheus multiprocess metrics.
+
+`gunicorn -c gunicorn.conf.py app:app` (the Procfile and Dockerfile do exactly this).
+Settings come from proxy.settings, so a bad configuration stops the master with one
+line before any worker starts.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+
+from proxy.settings import ConfigError, Settings
+
+try:
+    _settings = Settings.from_env()
+except ConfigError as exc:
+    print(f"configuration error: {exc}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+bind = _settings.get("bind") or f"0.0.0.0:{_settings.port}"
+worker_class = "gevent"
+workers = _settings.get_int("web_concurrency", os.cpu_count() or 1, 1)
+worker_connections = _settings.get_int("worker_connections", 1000, 1)
+# Time a worker gets after SIGTERM to finish requests and drain its buffers.
+graceful_timeout = _settings.get_int("graceful_timeout", 30, 1)
+timeout = _settings.get_int("worker_timeout", 60, 1)
+keepalive = 75  # longer than typical load balancer idle timeouts
+accesslog = "-" if _settings.get_bool("access_log") else None
+errorlog = "-"
+forwarded_allow_ips = "*"  # client IP is derived from X-Forwarded-For with TRUSTED_PROXY_HOPS
+max_requests = _settings.get_int("max_requests", 0, 0)
+max_requests_jitter = max_requests // 10
+
+
+def on_starting(server) -> None:  # noqa: ANN001
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        path = tempfile.mkdtemp(prefix="mpproxy-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+        server._mpproxy_metrics_dir = path
+
+
+def child_exit(server, worker) -> None:  # noqa: ANN001
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def worker_exit(server, worker) -> None:  # noqa: ANN001
+    """Drain this worker's buffers before it exits (SIGTERM, SIGINT, max_requests)."""
+    app = getattr(worker, "wsgi", None)
+    runtime = getattr(app, "extensions", {}).get("mpproxy") if app is not None else None
+    if runtime is not None:
+        runtime.close(timeout=max(1, graceful_timeout - 2))
+
+
+def on_exit(server) -> None:  # noqa: ANN001
+    path = getattr(server, "_mpproxy_metrics_dir", None)
+    if path:
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,3 @@
+"""mixpanel-dwh-proxy: own your Mixpanel data."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,65 @@
+"""The one pipeline behind /track, /engage, /groups and /import:
+decode -> normalise -> transform -> dispatch -> reply."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import Response, request
+
+from destinations.deadletter import DeadLetterFull
+from proxy import payloads, replies
+from proxy.dispatch import dispatch
+from proxy.records import Ingest, client_ip, normalize
+from proxy.runtime import runtime
+
+log = logging.getLogger(__name__)
+# Query parameters Mixpanel's endpoints understand and we pass upstream as is.
+UPSTREAM_PARAMS = {"import": ("project_id", "strict"), "track": ("strict",)}
+
+
+def request_client_ip() -> str | None:
+    rt = runtime()
+    return client_ip(request.headers.get("X-Forwarded-For"), request.remote_addr, rt.settings.trusted_proxy_hops)
+
+
+def handle(endpoint: str) -> Response:
+    rt = runtime()
+    received_at = time.time()
+    query = request.args.to_dict(flat=True)
+    verbose_hint = query.get("verbose", "") in payloads.TRUE_FLAGS
+    try:
+        body = request.get_data(cache=False)
+        decoded = payloads.decode(body, query, request.headers.get("Content-Encoding"), rt.settings.max_body_bytes)
+    except payloads.PayloadError as exc:
+        log.info("rejected %s request: %s", endpoint, exc)
+        return replies.error(str(exc), exc.status, verbose_hint, endpoint)
+
+    ip = request_client_ip()
+    records = normalize(
+        endpoint,
+        decoded.items,
+        client_ip=ip,
+        ip_enabled=decoded.ip_enabled,
+        token=rt.settings.mixpanel_token,
+        received_at=received_at,
+    )
+    if rt.transformer is not None:
+        records = rt.transformer.apply(records)
+    if not records:
+        return replies.ingest_reply(endpoint, 0, [], decoded.verbose)
+
+    allowed = UPSTREAM_PARAMS.get(endpoint, ())
+    ingest = Ingest(
+        endpoint=endpoint,
+        records=tuple(records),
+        client_ip=ip,
+        authorization=request.headers.get("Authorization"),
+        upstream_params=tuple((k, v) for k, v in decoded.params.items() if k in allowed),
+    )
+    try:
+        results = dispatch(ingest, rt.destinations)
+    except DeadLetterFull as exc:  # pragma: no cover - dispatch turns exceptions into results
+        return replies.error(str(exc), 503, decoded.verbose, endpoint)
+    return replies.ingest_reply(endpoint, len(records), results, decoded.verbose)

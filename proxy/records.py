@@ -1,0 +1,120 @@
+"""Records: what the SDK sent, normalised once, then never mutated.
+
+Normalisation is the only change the proxy makes to a record (ARCHITECTURE.md):
+the client IP (unless `ip=0`), the configured `MIXPANEL_TOKEN`, and a receive time
+for events without `time`. Everything else is passed on exactly as decoded.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Kind = Literal["event", "user", "group"]
+ENDPOINT_KINDS: dict[str, Kind] = {"track": "event", "import": "event", "engage": "user", "groups": "group"}
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One SDK record. `payload` is shared by every destination: treat it as read-only."""
+
+    kind: Kind
+    payload: Any  # normally a dict; odd items (e.g. `null`) are kept so Mixpanel can judge them
+    received_at: float  # epoch seconds
+    client_ip: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ingest:
+    """One decoded request, as every destination sees it."""
+
+    endpoint: str  # track | engage | groups | import
+    records: tuple[Record, ...]
+    client_ip: str | None = None
+    # Forwarded upstream as is (Mixpanel /import auth); never logged.
+    authorization: str | None = None
+    # Query parameters Mixpanel understands for this endpoint (project_id, strict, ...).
+    upstream_params: tuple[tuple[str, str], ...] = ()
+
+
+def _valid_ip(text: str) -> str | None:
+    candidate = text.strip()
+    if candidate.startswith("[") and "]" in candidate:  # [v6]:port
+        candidate = candidate[1 : candidate.index("]")]
+    elif candidate.count(":") == 1:  # v4:port
+        candidate = candidate.split(":", 1)[0]
+    try:
+        return str(ipaddress.ip_address(candidate))
+    except ValueError:
+        return None
+
+
+def client_ip(forwarded_for: str | None, remote_addr: str | None, trusted_hops: int) -> str | None:
+    """The client address: `trusted_hops` proxies in front of us each appended one entry to
+    X-Forwarded-For, so the client is the entry that many places from the right. Entries left
+    of it are client-supplied and cannot be trusted; with no usable header, the peer address."""
+    if trusted_hops > 0 and forwarded_for:
+        hops = [h for h in forwarded_for.split(",") if h.strip()]
+        if hops:
+            chosen = hops[-trusted_hops] if len(hops) >= trusted_hops else hops[0]
+            ip = _valid_ip(chosen)
+            if ip:
+                return ip
+    return _valid_ip(remote_addr) if remote_addr else None
+
+
+def _normalize_event(item: dict, ip: str | None, token: str | None, now_ms: int) -> dict:
+    props = item.get("properties")
+    if props is None:
+        props = {}
+    elif not isinstance(props, dict):
+        return item  # Mixpanel judges it; nothing safe to add
+    else:
+        props = dict(props)
+    if ip and "ip" not in props:
+        props["ip"] = ip
+    if token:
+        props["token"] = token
+    if "time" not in props:
+        props["time"] = now_ms
+    out = dict(item)
+    out["properties"] = props
+    return out
+
+
+def _normalize_profile(item: dict, ip: str | None, token: str | None, with_ip: bool) -> dict:
+    out = dict(item)
+    if token:
+        out["$token"] = token
+    if with_ip and ip and "$ip" not in out:
+        out["$ip"] = ip
+    return out
+
+
+def normalize(
+    endpoint: str,
+    items: Iterable[Any],
+    *,
+    client_ip: str | None,
+    ip_enabled: bool,
+    token: str | None,
+    received_at: float,
+) -> list[Record]:
+    kind = ENDPOINT_KINDS[endpoint]
+    ip = client_ip if ip_enabled else None
+    now_ms = int(received_at * 1000)
+    records: list[Record] = []
+    for item in items:
+        if isinstance(item, dict):
+            if kind == "event":
+                item = _normalize_event(item, ip, token, now_ms)
+            else:
+                item = _normalize_profile(item, ip, token, with_ip=kind == "user")
+        records.append(Record(kind, item, received_at, client_ip))
+    return records
+
+
+def payloads(records: Sequence[Record]) -> list[Any]:
+    return [r.payload for r in records]

@@ -1,0 +1,68 @@
+"""Replies in exactly the form each SDK needs (WIRE-FORMATS.md).
+
+`1` as text/plain normally; `{"status":1,"error":null,...}` when `verbose=1`; always
+HTTP 200 on success. Mixpanel's own verdict is handed back when Mixpanel is a
+destination. A destination that lost data the proxy could not absorb gives 503 so
+the SDK retries.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from flask import Response
+
+from destinations.base import WriteResult
+
+
+def text(body: str, status: int = 200) -> Response:
+    return Response(body, status=status, mimetype="text/plain")
+
+
+def as_json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(payload, separators=(",", ":")), status=status, mimetype="application/json", headers=headers)
+
+
+def error(message: str, status: int, verbose: bool = True, endpoint: str | None = None) -> Response:
+    """A client or availability error. /import speaks Mixpanel's /import error shape."""
+    if endpoint == "import":
+        return as_json({"code": status, "error": message, "status": "Bad Request" if status < 500 else "Error"}, status)
+    if verbose:
+        return as_json({"status": 0, "error": message}, status, _retry_after(status))
+    return Response("0", status=status, mimetype="text/plain", headers=_retry_after(status))
+
+
+def _retry_after(status: int) -> dict[str, str] | None:
+    return {"Retry-After": "5"} if status in (429, 503) else None
+
+
+def ingest_reply(endpoint: str, count: int, results: Sequence[WriteResult], verbose: bool) -> Response:
+    destinations = [r.as_dict() for r in results]
+    unabsorbed = [r for r in results if r.status == "error" and r.retryable]
+    upstream = next((r.upstream for r in results if r.upstream is not None), None)
+    if unabsorbed:
+        message = "; ".join(f"{r.name}: {r.error}" for r in unabsorbed)
+        if endpoint == "import":
+            return as_json(
+                {"code": 503, "error": message, "status": "Error", "destinations": destinations}, 503, _retry_after(503)
+            )
+        if verbose:
+            return as_json({"status": 0, "error": message, "destinations": destinations}, 503, _retry_after(503))
+        return Response("0", status=503, mimetype="text/plain", headers=_retry_after(503))
+
+    if endpoint == "import":
+        if upstream is not None and isinstance(upstream.body, dict):
+            return as_json(upstream.body, upstream.status_code)
+        return as_json({"code": 200, "num_records_imported": count, "status": "OK"})
+
+    status_code, ok, message = 200, True, None
+    if upstream is not None:
+        body = upstream.body
+        status_code = upstream.status_code
+        ok = (body.get("status") == 1) if isinstance(body, dict) else body == 1
+        message = body.get("error") if isinstance(body, dict) else (None if ok else "Mixpanel rejected the data")
+    if verbose:
+        return as_json({"status": 1 if ok else 0, "error": message, "destinations": destinations}, status_code)
+    return text("1" if ok else "0", status_code)

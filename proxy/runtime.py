@@ -1,0 +1,45 @@
+"""The per-process state a Flask app carries: settings, destinations, hooks, caches."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from flask import Flask, current_app
+
+from destinations.base import Destination
+from destinations.mixpanel import MixpanelClient
+from proxy.settings import Settings
+from proxy.staticlib import LibraryCache
+from proxy.transform import Transformer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    destinations: list[Destination]
+    transformer: Transformer | None
+    library: LibraryCache
+    upstream: MixpanelClient
+    closed: bool = field(default=False)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Drain every destination (flush buffers, spool the rest). Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        for destination in self.destinations:
+            try:
+                if "timeout" in destination.close.__code__.co_varnames:
+                    destination.close(timeout=timeout)  # type: ignore[call-arg]
+                else:
+                    destination.close()
+            except Exception:  # noqa: BLE001 - keep closing the others
+                log.exception("closing %s failed", destination.name)
+        self.upstream.close()
+
+
+def runtime(app: Flask | None = None) -> Runtime:
+    return (app or current_app).extensions["mpproxy"]
