@@ -11,14 +11,15 @@ from werkzeug.exceptions import HTTPException
 
 from destinations import build_destinations
 from destinations.mixpanel import MixpanelClient
-from proxy import __version__, metrics, replies
+from destinations.schema import build_schemas
+from proxy import __version__, cli, metrics, replies
 from proxy.cors import init_cors
 from proxy.logs import configure_logging
 from proxy.routes import bp
 from proxy.runtime import Runtime
 from proxy.settings import ConfigError, Settings
 from proxy.staticlib import LibraryCache
-from proxy.transform import Transformer
+from proxy.transform import RowTransformer, Transformer
 
 log = logging.getLogger("proxy")
 
@@ -28,9 +29,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     configure_logging(settings)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = None  # we enforce MAX_BODY_BYTES ourselves, after gunzip too
+    schemas = build_schemas(settings)
     rt = Runtime(
         settings=settings,
-        destinations=build_destinations(settings),
+        destinations=build_destinations(settings, schemas),
+        schemas=schemas,
+        row_transformer=RowTransformer.from_settings(settings),
         transformer=Transformer.from_settings(settings),
         library=LibraryCache(settings.mixpanel_cdn_url, settings.mixpanel_lib_dir),
         upstream=MixpanelClient(settings.mixpanel_api_host, settings.mixpanel_timeout_seconds),
@@ -38,6 +42,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["mpproxy"] = rt
     init_cors(app, settings.frontend_url)
     app.register_blueprint(bp, url_prefix=settings.get("base_path"))
+    cli.register(app)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:

@@ -67,8 +67,8 @@ def _load_custom(spec: str) -> Callable[[Settings, BuildContext], Any]:
         raise ConfigError(f"DESTINATIONS: cannot load custom destination {spec!r}: {exc}") from None
 
 
-def build_destinations(settings: Settings) -> list[Destination]:
-    schemas = build_schemas(settings)
+def build_destinations(settings: Settings, schemas: dict[Kind, TableSchema] | None = None) -> list[Destination]:
+    schemas = schemas or build_schemas(settings)
     ctx = BuildContext(schemas, DeadLetter.from_settings(settings))
     built: list[Destination] = []
     for name in settings.destinations:

@@ -161,7 +161,7 @@ class RowDestination:
     # -- the Destination contract ------------------------------------------------------
     def write(self, ingest: Ingest) -> WriteResult:
         started = time.monotonic()
-        batch = to_rows(ingest.records, self.schemas)
+        batch = ingest.rows if ingest.rows is not None else to_rows(ingest.records, self.schemas)
         self._count(batch, len(ingest.records))
         if self.config.mode == "sync":
             return self._write_now(batch, started)
@@ -288,7 +288,12 @@ class RowDestination:
         """Write with retries; on failure dead-letter. Raises DeadLetterFull if even that fails."""
         started = time.monotonic()
         stop = self._stop if not final else None
-        written, error, attempts = deliver_with_retries(self.name, lambda: self.sink.write_rows(table, rows), self.config, stop)
+
+        def write() -> int:
+            self.setup()  # single-flight, once per process; a failure here is retried like a write
+            return self.sink.write_rows(table, rows)
+
+        written, error, attempts = deliver_with_retries(self.name, write, self.config, stop)
         metrics.FLUSH_SECONDS.labels(self.name).observe(time.monotonic() - started)
         if error is None:
             metrics.FLUSHES.labels(self.name, "ok").inc()

@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -189,7 +189,11 @@ def insert_id(payload: dict, properties: dict) -> str:
     if isinstance(metadata, dict) and metadata.get("$mp_event_id") not in (None, ""):
         return text(metadata["$mp_event_id"])  # type: ignore[return-value]
     basis = [payload.get("event"), properties.get("distinct_id"), properties.get("time"), properties]
-    digest = hashlib.sha256(json.dumps(basis, sort_keys=True, default=str).encode()).hexdigest()
+    try:
+        canonical = json.dumps(basis, sort_keys=True, default=str)
+    except (TypeError, ValueError, RecursionError):
+        canonical = json.dumps(json_safe(basis), sort_keys=True)
+    digest = hashlib.sha256(canonical.encode()).hexdigest()
     return digest[:32]
 
 
@@ -263,7 +267,3 @@ def dumps_row(row: Row) -> str:
         return json.dumps(row, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError, RecursionError):
         return json.dumps(json_safe(row), ensure_ascii=False, separators=(",", ":"))
-
-
-def row_sizes(rows: Sequence[Row]) -> int:
-    return sum(len(dumps_row(r)) for r in rows)

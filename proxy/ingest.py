@@ -51,9 +51,11 @@ def handle(endpoint: str) -> Response:
         return replies.ingest_reply(endpoint, 0, [], decoded.verbose)
 
     allowed = UPSTREAM_PARAMS.get(endpoint, ())
+    frozen = tuple(records)
     ingest = Ingest(
         endpoint=endpoint,
-        records=tuple(records),
+        records=frozen,
+        rows=rt.rows(frozen),
         client_ip=ip,
         authorization=request.headers.get("Authorization"),
         upstream_params=tuple((k, v) for k, v in decoded.params.items() if k in allowed),

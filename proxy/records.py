@@ -37,6 +37,9 @@ class Ingest:
     authorization: str | None = None
     # Query parameters Mixpanel understands for this endpoint (project_id, strict, ...).
     upstream_params: tuple[tuple[str, str], ...] = ()
+    # The row model of `records`, computed once per request for every row destination
+    # (destinations.rows.RowBatch; typed loosely so records stay free of destination imports).
+    rows: Any = None
 
 
 def _valid_ip(text: str) -> str | None:

@@ -9,9 +9,12 @@ from flask import Flask, current_app
 
 from destinations.base import Destination
 from destinations.mixpanel import MixpanelClient
+from destinations.rows import RowBatch, to_rows
+from destinations.schema import TableSchema
+from proxy.records import Kind, Record
 from proxy.settings import Settings
 from proxy.staticlib import LibraryCache
-from proxy.transform import Transformer
+from proxy.transform import RowTransformer, Transformer
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +26,22 @@ class Runtime:
     transformer: Transformer | None
     library: LibraryCache
     upstream: MixpanelClient
+    schemas: dict[Kind, TableSchema]
+    row_transformer: RowTransformer | None = None
     closed: bool = field(default=False)
+
+    @property
+    def needs_rows(self) -> bool:
+        return any(hasattr(d, "sink") for d in self.destinations)
+
+    def rows(self, records: tuple[Record, ...]) -> RowBatch | None:
+        """The row model of one request, built once and shared by every row destination."""
+        if not self.needs_rows:
+            return None
+        batch = to_rows(records, self.schemas)
+        if self.row_transformer is not None:
+            batch = self.row_transformer.apply(batch, {s.name: s.kind for s in self.schemas.values()})
+        return batch
 
     def close(self, timeout: float | None = None) -> None:
         """Drain every destination (flush buffers, spool the rest). Idempotent."""

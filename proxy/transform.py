@@ -1,4 +1,5 @@
-"""The user transform hook: `TRANSFORM=package.module:function` or `path/to/file.py:function`.
+"""The user transform hooks: `TRANSFORM=package.module:function` or `path/to/file.py:function`,
+and `WAREHOUSE_TRANSFORM` for the warehouse and lake copy only (see RowTransformer).
 
 Called once per record as `function(record, kind)` before dispatch, so Mixpanel sees
 the transformed record too. Return a dict (the new record), None (drop it) or a
@@ -18,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from destinations.rows import json_safe
+from destinations.rows import RowBatch, json_safe
 from proxy import metrics
 from proxy.records import Record
 from proxy.settings import ConfigError, Settings
@@ -100,3 +101,41 @@ class Transformer:
                     log.warning("transform returned %s for a %s record; dropped", type(item).__name__, record.kind)
             metrics.TRANSFORM.labels("ok").inc()
         return out
+
+
+class RowTransformer:
+    """`WAREHOUSE_TRANSFORM=module:function`: called as `function(row, kind)` on each row
+    of the warehouse and lake copy only (Mixpanel never sees it). Returns the row (a new
+    dict or the same one, modified), or None to keep the record out of the warehouse copy.
+    Rows are shared by every row destination, so it runs once per request. A hook
+    that raises keeps the row unchanged (logged and counted)."""
+
+    def __init__(self, hook: Hook) -> None:
+        self.hook = hook
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RowTransformer | None:
+        spec = settings.get("warehouse_transform")
+        return cls(load_hook(spec)) if spec else None
+
+    def apply(self, batch: RowBatch, kinds: dict[str, str]) -> RowBatch:
+        tables: dict[str, list[dict]] = {}
+        for table, rows in batch.tables.items():
+            kept = []
+            for row in rows:
+                try:
+                    result = self.hook(copy.deepcopy(row), kinds[table])
+                except Exception as exc:  # noqa: BLE001 - user code
+                    metrics.TRANSFORM.labels("warehouse_error_pass").inc()
+                    log.warning("warehouse transform raised %s on a %s row; keeping it unchanged", type(exc).__name__, table)
+                    kept.append(row)
+                    continue
+                if result is None:
+                    batch.dropped["warehouse_transform_dropped"] += 1
+                elif isinstance(result, dict):
+                    kept.append(json_safe(result))
+                else:
+                    batch.dropped["warehouse_transform_bad_return"] += 1
+            if kept:
+                tables[table] = kept
+        return RowBatch(tables, batch.dropped, batch.cast_failures)
