@@ -17,12 +17,15 @@ the SDK is told to retry (503).
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+import gevent
 
 from destinations.base import PermanentError, TransientError, WriteResult, short_error
 from destinations.deadletter import DeadLetter, DeadLetterFull
@@ -88,16 +91,26 @@ class DeliveryConfig:
 
 
 def deliver_with_retries(
-    name: str, write: Callable[[], int], config: DeliveryConfig, stop: threading.Event | None = None
+    name: str,
+    write: Callable[[], int],
+    config: DeliveryConfig,
+    stop: threading.Event | None = None,
+    deadline: float | None = None,
+    attempt_timeout: float | None = None,
 ) -> tuple[int, str | None, int]:
-    """Run `write` until it succeeds, fails permanently, or runs out of attempts or time.
-    Returns (rows written, error or None, attempts)."""
+    """Run `write` until it succeeds, fails permanently, or runs out of attempts or time
+    (RETRY_MAX_SECONDS, or `deadline` on the monotonic clock if sooner). Each attempt is
+    cut off after `attempt_timeout` seconds, so a destination that hangs counts as a
+    transient failure. Returns (rows written, error or None, attempts)."""
     started = time.monotonic()
+    deadline = min(deadline or math.inf, started + config.retry_max_seconds)
     attempt = 0
     while True:
         attempt += 1
         try:
-            return write(), None, attempt
+            cutoff = TransientError(f"no answer within {attempt_timeout:g}s") if attempt_timeout else None
+            with gevent.Timeout(attempt_timeout, cutoff):
+                return write(), None, attempt
         except PermanentError as exc:
             return 0, f"permanent: {short_error(exc)}", attempt
         except TransientError as exc:
@@ -106,7 +119,7 @@ def deliver_with_retries(
             log.warning("unclassified error from %s: %s", name, type(exc).__name__)
             error = f"transient: {type(exc).__name__}: {short_error(exc)}"
         delay = min(config.retry_base_seconds * 2 ** (attempt - 1), 10.0) * (0.5 + random.random())
-        out_of_time = time.monotonic() + delay - started > config.retry_max_seconds
+        out_of_time = time.monotonic() + delay > deadline
         if attempt >= config.retry_max_attempts or out_of_time or (stop is not None and stop.is_set()):
             return 0, error, attempt
         metrics.RETRIES.labels(name).inc()
@@ -190,19 +203,21 @@ class RowDestination:
 
     def close(self, timeout: float | None = None) -> None:
         """Stop the flusher and drain: write what we can, spool the rest."""
+        deadline = time.monotonic() + (timeout if timeout is not None else self.config.retry_max_seconds)
         self._stop.set()
         self._wake.set()
         if self._flusher is not None:
             self._flusher.join(timeout)
-        self.flush(final=True)
+        self.flush(deadline=deadline)
         self.sink.close()
 
     # -- sync ---------------------------------------------------------------------------
     def _write_now(self, batch: RowBatch, started: float) -> WriteResult:
         inserted = failed = 0
         errors: list[str] = []
+        deadline = started + self.timeout * 0.8  # leave time to spool before dispatch() gives up on us
         for table, rows in batch.tables.items():
-            written, error = self._deliver(table, rows)
+            written, error = self._deliver(table, rows, deadline)
             inserted += written
             if error:
                 failed += len(rows)
@@ -270,8 +285,8 @@ class RowDestination:
                 or self.clock() - buffer.oldest >= self.config.max_seconds
             )
 
-    def flush(self, final: bool = False) -> int:
-        """Write everything buffered now. Returns rows written."""
+    def flush(self, deadline: float | None = None) -> int:
+        """Write everything buffered now (before `deadline`, else spool it). Returns rows written."""
         with self._flush_lock:
             with self._lock:
                 buffer, self._buffer = self._buffer, _Buffer()
@@ -280,20 +295,22 @@ class RowDestination:
             for table, rows in buffer.tables.items():
                 for start in range(0, len(rows), self.config.max_records):
                     chunk = rows[start : start + self.config.max_records]
-                    count, _error = self._deliver(table, chunk, final=final)
+                    count, _error = self._deliver(table, chunk, deadline)
                     written += count
             return written
 
-    def _deliver(self, table: str, rows: list[Row], final: bool = False) -> tuple[int, str | None]:
-        """Write with retries; on failure dead-letter. Raises DeadLetterFull if even that fails."""
+    def _deliver(self, table: str, rows: list[Row], deadline: float | None = None) -> tuple[int, str | None]:
+        """Write with retries; on failure dead-letter. Raises DeadLetterFull if even that fails.
+        A draining flush (with a deadline) keeps retrying until the deadline; otherwise
+        stopping cuts the retries short so shutdown is not held up by a dead destination."""
         started = time.monotonic()
-        stop = self._stop if not final else None
+        stop = None if deadline is not None else self._stop
 
         def write() -> int:
             self.setup()  # single-flight, once per process; a failure here is retried like a write
             return self.sink.write_rows(table, rows)
 
-        written, error, attempts = deliver_with_retries(self.name, write, self.config, stop)
+        written, error, attempts = deliver_with_retries(self.name, write, self.config, stop, deadline, self.timeout)
         metrics.FLUSH_SECONDS.labels(self.name).observe(time.monotonic() - started)
         if error is None:
             metrics.FLUSHES.labels(self.name, "ok").inc()

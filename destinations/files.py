@@ -50,7 +50,15 @@ class LocalStore:
             raise PermanentError(f"cannot create DATA_DIR {str(self.root)!r}: {exc.strerror}") from None
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        for parent in path.parents:  # prune folders left empty, up to DATA_DIR itself
+            try:
+                if parent == self.root or any(parent.iterdir()):
+                    break
+                parent.rmdir()
+            except OSError:  # another worker just wrote there
+                break
 
     def list_keys(self, prefix: str) -> list[str]:
         base = self._path(prefix.rstrip("/") or ".")

@@ -10,6 +10,7 @@ import sys
 
 import click
 from flask import Flask
+from flask.cli import with_appcontext
 
 from destinations.deadletter import DeadLetter
 from destinations.delivery import deliver_with_retries
@@ -23,6 +24,7 @@ def register(app: Flask) -> None:
 
 
 @click.command("setup")
+@with_appcontext
 def setup_command() -> None:
     """Create every configured destination's containers and tables; never touches existing data."""
     from flask import current_app
@@ -43,6 +45,7 @@ def setup_command() -> None:
 @click.command("replay")
 @click.option("--destination", "only", default=None, help="Replay only this destination's spool.")
 @click.option("--dry-run", is_flag=True, help="Count what would be replayed; write nothing.")
+@with_appcontext
 def replay_command(only: str | None, dry_run: bool) -> None:
     """Re-drive spooled batches to their destinations; each batch is removed once written.
 

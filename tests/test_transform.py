@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 import logging
 from pathlib import Path
 
 import pytest
 
 from proxy.settings import ConfigError
+from tests.support.files import rows as file_rows
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def file_rows(data_dir: Path, table: str) -> list[dict]:
-    rows = []
-    for path in sorted((data_dir / table).rglob("*.json.gz")):
-        rows += [json.loads(line) for line in gzip.decompress(path.read_bytes()).splitlines()]
-    return rows
 
 
 def events(*names: str) -> list[dict]:
