@@ -242,7 +242,9 @@ class RowDestination:
                     continue
                 self._buffer.add(table, rows, size, now)
                 queued += len(rows)
-            full = self._buffer.rows >= self.config.max_records or self._buffer.bytes >= self.config.max_bytes
+            # Flush early when the buffer is half full, so spilling is only for a destination that is down.
+            pressure = min(self.config.max_bytes, self.config.max_buffer_bytes // 2)
+            full = self._buffer.rows >= self.config.max_records or self._buffer.bytes >= pressure
             self._publish_gauges()
         if full:
             self._wake.set()
@@ -281,7 +283,7 @@ class RowDestination:
                 return False
             return (
                 buffer.rows >= self.config.max_records
-                or buffer.bytes >= self.config.max_bytes
+                or buffer.bytes >= min(self.config.max_bytes, self.config.max_buffer_bytes // 2)
                 or self.clock() - buffer.oldest >= self.config.max_seconds
             )
 

@@ -1,0 +1,180 @@
+"""Delivery scenarios with real processes: gunicorn with gevent workers, load on 127.0.0.1.
+
+Each scenario prints what it sent, landed, spooled and replayed (`pytest -s` shows it).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support import files
+from tests.support.load import browser_batch, run_load
+from tests.support.processes import ROOT, VENV_BIN, free_port, gunicorn, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def metric_sum(url: str, name: str, **labels: str) -> float:
+    text = requests.get(f"{url}/metrics", timeout=5).text
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return {
+        "DATA_DIR": str(tmp_path / "data"),
+        "DEAD_LETTER_DIR": str(tmp_path / "spool"),
+        "FAULTY_DIR": str(tmp_path / "faulty"),
+        "FAULTY_CONTROL": str(tmp_path / "faulty.mode"),
+        "LOG_LEVEL": "WARNING",
+        "DELIVERY": "batch",
+    }
+
+
+def insert_ids(rows: list[dict]) -> list[str]:
+    return [r["insert_id"] for r in rows]
+
+
+def test_outage_loses_nothing(env, tmp_path):
+    """The faulty destination goes down a third of the way through a load run and comes
+    back at two thirds. Every accepted record reaches it, directly or by replay."""
+    env.update(
+        DESTINATIONS="files,tests.support.faulty:make",
+        BATCH_MAX_SECONDS="0.3",
+        RETRY_MAX_ATTEMPTS="3",
+        RETRY_BASE_SECONDS="0.05",
+        RETRY_MAX_SECONDS="1",
+        FAULTY_MAX_BUFFER_BYTES="65536",
+    )
+    control = Path(env["FAULTY_CONTROL"])
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = gunicorn(env, port, workers=2, log=tmp_path / "gunicorn.log")
+    total_requests, batch = 300, 10
+
+    def switch(progress: int) -> None:
+        if progress == total_requests // 3:
+            control.write_text("down")
+        elif progress == 2 * total_requests // 3:
+            control.write_text("up")
+
+    try:
+        load = run_load(f"{url}/track/?ip=1", total_requests, batch, threads=4, run="outage", on_progress=switch)
+        sent = total_requests * batch
+        assert load.statuses == {200: total_requests}, load.statuses
+        assert len(load.accepted) == sent
+
+        # Let both destinations finish: every record is either written or spooled.
+        def settled() -> bool:
+            written = metric_sum(url, "mpproxy_rows_out_total", destination="faulty")
+            spooled = metric_sum(url, "mpproxy_dead_lettered_rows_total", destination="faulty")
+            return written + spooled == sent and len(files.rows(Path(env["DATA_DIR"]), "events")) == sent
+
+        wait_until(settled, 60, 0.5, what="delivery to settle")
+        assert metric_sum(url, "mpproxy_records_in_total", destination="faulty") == sent
+        assert metric_sum(url, "mpproxy_records_in_total", destination="files") == sent
+        assert metric_sum(url, "mpproxy_rows_out_total", destination="files") == sent
+        direct = metric_sum(url, "mpproxy_rows_out_total", destination="faulty")
+        spooled = metric_sum(url, "mpproxy_dead_lettered_rows_total", destination="faulty")
+        assert spooled > 0, "the outage should have forced rows into the spool"
+        assert metric_sum(url, "mpproxy_buffer_rows", destination="faulty") == 0
+
+        # After recovery, new records flow straight through again.
+        after = run_load(f"{url}/track/?ip=1", 50, batch, threads=2, run="recovered")
+        assert after.statuses == {200: 50}
+        wait_until(lambda: metric_sum(url, "mpproxy_rows_out_total", destination="faulty") == direct + 500, 30, 0.2)
+        assert metric_sum(url, "mpproxy_dead_lettered_rows_total", destination="faulty") == spooled
+        load.accepted |= after.accepted
+        sent += 500
+        direct += 500
+    finally:
+        assert server.stop() == 0, server.log()[-2000:]
+
+    assert sorted(insert_ids(files.rows(Path(env["DATA_DIR"]), "events"))) == sorted(load.accepted)
+    replay = subprocess.run(
+        [str(VENV_BIN / "flask"), "--app", "app", "replay"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    assert f"{int(spooled)} replayed" in replay.stdout
+    landed = insert_ids(files.rows(Path(env["FAULTY_DIR"]), "events"))
+    assert len(landed) == sent and set(landed) == load.accepted  # all of them, each exactly once
+    print(f"\noutage: sent {sent}, landed directly {int(direct)}, spooled {int(spooled)}, replayed {int(spooled)}, lost 0")
+
+
+def test_sigterm_flushes_everything_that_got_a_200(env, tmp_path):
+    env.update(DESTINATIONS="files", BATCH_MAX_SECONDS="600", BATCH_MAX_RECORDS="1000000")
+    port = free_port()
+    server = gunicorn(env, port, workers=2, log=tmp_path / "gunicorn.log")
+
+    def terminate(progress: int) -> None:
+        if progress == 150:
+            threading.Thread(target=server.signal, args=(signal.SIGTERM,), daemon=True).start()
+
+    load = run_load(f"http://127.0.0.1:{port}/track/", 400, 10, threads=4, run="term", on_progress=terminate)
+    assert server.proc is not None
+    server.proc.wait(60)
+    assert server.proc.returncode == 0, server.log()[-2000:]
+    landed = insert_ids(files.rows(Path(env["DATA_DIR"]), "events"))
+    assert len(load.accepted) >= 1500
+    assert load.accepted <= set(landed), f"{len(load.accepted - set(landed))} accepted records lost"
+    assert len(landed) == len(set(landed))
+    assert set(landed) <= load.accepted | load.refused
+    print(f"\nsigterm: answered 200 for {len(load.accepted)} records, landed {len(landed)}, lost 0")
+
+
+def test_idle_flush_needs_no_new_request(env, tmp_path):
+    env.update(DESTINATIONS="files", BATCH_MAX_SECONDS="2")
+    port = free_port()
+    server = gunicorn(env, port, workers=2, log=tmp_path / "gunicorn.log")
+    try:
+        body, ids = browser_batch(0, 1, "idle")
+        sent_at = time.monotonic()
+        assert requests.post(f"http://127.0.0.1:{port}/track/", data=body, timeout=5).text == "1"
+        wait_until(lambda: files.rows(Path(env["DATA_DIR"]), "events"), 15, 0.1, what="idle flush")
+        print(f"\nidle flush: landed {time.monotonic() - sent_at:.1f}s after the only request")
+        assert insert_ids(files.rows(Path(env["DATA_DIR"]), "events")) == ids
+    finally:
+        server.stop()
+
+
+def test_hanging_destination_does_not_hold_up_replies_or_others(env, tmp_path):
+    env.update(
+        DESTINATIONS="files,tests.support.faulty:make",
+        BATCH_MAX_SECONDS="0.2",
+        DESTINATION_TIMEOUT_SECONDS="1",
+        RETRY_MAX_ATTEMPTS="2",
+        RETRY_MAX_SECONDS="3",
+    )
+    control = Path(env["FAULTY_CONTROL"])
+    control.write_text("hang")
+    port = free_port()
+    server = gunicorn(env, port, workers=2, log=tmp_path / "gunicorn.log")
+    try:
+        load = run_load(f"http://127.0.0.1:{port}/track/", 40, 5, threads=4, run="hang")
+        assert load.statuses == {200: 40}
+        wait_until(lambda: len(files.rows(Path(env["DATA_DIR"]), "events")) == 200, 30, what="files delivery")
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: metric_sum(url, "mpproxy_dead_lettered_rows_total", destination="faulty") == 200, 60, 0.5)
+    finally:
+        control.write_text("up")
+        server.stop()
+    assert sorted(insert_ids(files.rows(Path(env["DATA_DIR"]), "events"))) == sorted(load.accepted)
