@@ -48,12 +48,22 @@ def child_exit(server, worker) -> None:  # noqa: ANN001
     multiprocess.mark_process_dead(worker.pid)
 
 
-def worker_exit(server, worker) -> None:  # noqa: ANN001
-    """Drain this worker's buffers before it exits (SIGTERM, SIGINT, max_requests)."""
+def _drain(worker) -> None:  # noqa: ANN001
     app = getattr(worker, "wsgi", None)
     runtime = getattr(app, "extensions", {}).get("mpproxy") if app is not None else None
     if runtime is not None:
         runtime.close(timeout=max(1, graceful_timeout - 2))
+
+
+def worker_int(worker) -> None:  # noqa: ANN001
+    """SIGINT/SIGQUIT (Ctrl-C signals master and workers alike): drain before gunicorn's
+    quick exit, which would otherwise cut a drain that worker_exit started."""
+    _drain(worker)
+
+
+def worker_exit(server, worker) -> None:  # noqa: ANN001
+    """Drain this worker's buffers before it exits (SIGTERM, max_requests, errors)."""
+    _drain(worker)
 
 
 def on_exit(server) -> None:  # noqa: ANN001

@@ -176,7 +176,8 @@ class RowDestination:
         started = time.monotonic()
         batch = ingest.rows if ingest.rows is not None else to_rows(ingest.records, self.schemas)
         self._count(batch, len(ingest.records))
-        if self.config.mode == "sync":
+        if self.config.mode == "sync" or self._stop.is_set():
+            # Once draining has begun nobody will flush a buffer again: late requests write through.
             return self._write_now(batch, started)
         return self._enqueue(batch, started)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 
 from flask import Flask, current_app
@@ -29,6 +30,7 @@ class Runtime:
     schemas: dict[Kind, TableSchema]
     row_transformer: RowTransformer | None = None
     closed: bool = field(default=False)
+    _closing: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def needs_rows(self) -> bool:
@@ -44,10 +46,15 @@ class Runtime:
         return batch
 
     def close(self, timeout: float | None = None) -> None:
-        """Drain every destination (flush buffers, spool the rest). Idempotent."""
-        if self.closed:
-            return
-        self.closed = True
+        """Drain every destination (flush buffers, spool the rest). Idempotent, and a second
+        caller waits for the first to finish (gunicorn may signal a worker twice)."""
+        with self._closing:
+            if self.closed:
+                return
+            self._drain(timeout)
+            self.closed = True
+
+    def _drain(self, timeout: float | None) -> None:
         for destination in self.destinations:
             try:
                 if "timeout" in destination.close.__code__.co_varnames:

@@ -120,14 +120,15 @@ def test_outage_loses_nothing(env, tmp_path):
     print(f"\noutage: sent {sent}, landed directly {int(direct)}, spooled {int(spooled)}, replayed {int(spooled)}, lost 0")
 
 
-def test_sigterm_flushes_everything_that_got_a_200(env, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_shutdown_flushes_everything_that_got_a_200(env, tmp_path, sig):
     env.update(DESTINATIONS="files", BATCH_MAX_SECONDS="600", BATCH_MAX_RECORDS="1000000")
     port = free_port()
     server = gunicorn(env, port, workers=2, log=tmp_path / "gunicorn.log")
 
     def terminate(progress: int) -> None:
         if progress == 150:
-            threading.Thread(target=server.signal, args=(signal.SIGTERM,), daemon=True).start()
+            threading.Thread(target=server.signal, args=(sig,), daemon=True).start()
 
     load = run_load(f"http://127.0.0.1:{port}/track/", 400, 10, threads=4, run="term", on_progress=terminate)
     assert server.proc is not None
@@ -138,7 +139,7 @@ def test_sigterm_flushes_everything_that_got_a_200(env, tmp_path):
     assert load.accepted <= set(landed), f"{len(load.accepted - set(landed))} accepted records lost"
     assert len(landed) == len(set(landed))
     assert set(landed) <= load.accepted | load.refused
-    print(f"\nsigterm: answered 200 for {len(load.accepted)} records, landed {len(landed)}, lost 0")
+    print(f"\n{sig.name}: answered 200 for {len(load.accepted)} records, landed {len(landed)}, lost 0")
 
 
 def test_idle_flush_needs_no_new_request(env, tmp_path):
