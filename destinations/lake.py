@@ -76,7 +76,7 @@ def encode_objects(rows: Sequence[Row], max_object_bytes: int) -> list[tuple[str
         chunk: list[str] = []
         size = 0
         for line in lines:
-            length = len(line) + 1
+            length = len(line.encode("utf-8")) + 1  # bytes, not characters: rows keep non-ASCII text
             if chunk and size + length > max_object_bytes:
                 out.append((partition, _gzip(chunk), len(chunk)))
                 chunk, size = [], 0

@@ -1,0 +1,176 @@
+"""`azure`: gzip NDJSON block blobs in an Azure Blob Storage container.
+
+Reads: AZURE_CONTAINER (required), AZURE_CONNECTION_STRING, or AZURE_ACCOUNT with
+AZURE_KEY, LAKE_PREFIX, LAKE_MAX_OBJECT_BYTES. With AZURE_ACCOUNT alone the standard
+chain (`DefaultAzureCredential`: environment, workload or managed identity, Azure CLI)
+applies if the optional `azure-identity` package is installed.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from azure.core import exceptions as ax
+from azure.storage.blob import BlobServiceClient, ContentSettings
+
+from destinations.base import PermanentError, TransientError
+from destinations.lake import LakeConfig, LakeWriter
+from proxy.settings import ConfigError, Settings
+
+CLIENT_OPTIONS = {"retry_total": 0, "connection_timeout": 5, "read_timeout": 60}  # the delivery layer owns retries
+TRANSIENT_CODES = {"ServerBusy", "OperationTimedOut", "InternalError", "IngressOverAccountLimit"}
+# The data action (RBAC) or SAS permission each operation needs, for messages that name it.
+PERMISSIONS = {
+    "put": "blobs/write",
+    "delete": "blobs/delete",
+    "list": "blobs/read (list)",
+    "get container": "containers/read",
+    "create container": "containers/write",
+}
+
+
+@dataclass(frozen=True)
+class AzureConfig:
+    container: str
+    account: str | None = None
+    key: str | None = field(default=None, repr=False)
+    connection_string: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AzureConfig:
+        config = cls(
+            container=settings.require("azure_container", "azure"),
+            account=settings.get("azure_account"),
+            key=settings.get("azure_key"),
+            connection_string=settings.get("azure_connection_string"),
+        )
+        if not config.connection_string and not config.account:
+            raise ConfigError("azure_connection_string or azure_account is required by the azure destination")
+        return config
+
+
+class AzureStore:
+    def __init__(self, config: AzureConfig) -> None:
+        self.config = config
+        self.container = config.container
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def client(self) -> Any:
+        """The container client, made once per process."""
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    with self._errors("connect"):
+                        self._client = self._make_client()
+        return self._client
+
+    def _make_client(self) -> Any:
+        c = self.config
+        if c.connection_string:
+            service = BlobServiceClient.from_connection_string(c.connection_string, **CLIENT_OPTIONS)
+        else:
+            credential: Any = c.key
+            if not credential:
+                try:
+                    from azure.identity import DefaultAzureCredential
+                except ImportError:
+                    raise PermanentError(
+                        "azure: set azure_key or azure_connection_string, or install azure-identity for the standard chain"
+                    ) from None
+                credential = DefaultAzureCredential()
+            service = BlobServiceClient(f"https://{c.account}.blob.core.windows.net", credential=credential, **CLIENT_OPTIONS)
+        return service.get_container_client(c.container)
+
+    @contextmanager
+    def _errors(self, operation: str) -> Iterator[None]:
+        where = f"azure {operation} on container {self.container}"
+        try:
+            yield
+        except ax.HttpResponseError as exc:
+            # Only the status and error code: the exception text carries the service's whole reply.
+            status = exc.status_code or 0
+            code = str(getattr(exc, "error_code", None) or "")
+            if code in TRANSIENT_CODES or status in (408, 429) or status >= 500:
+                raise TransientError(f"{where}: {code or 'error'} (HTTP {status})") from None
+            if status == 403 and "Authentication" not in code:
+                raise PermanentError(f"{PERMISSIONS.get(operation, operation)} denied on container {self.container}") from None
+            if status in (401, 403):
+                raise PermanentError(f"{where}: credentials rejected ({code or status})") from None
+            if status == 404:
+                raise PermanentError(f"azure container {self.container} not found ({operation})") from None
+            raise PermanentError(f"{where}: {code or 'error'} (HTTP {status})") from None
+        except (ax.ServiceRequestError, ax.ServiceResponseError, ConnectionError, TimeoutError) as exc:
+            raise TransientError(f"{where}: {type(exc).__name__}") from None
+        except ValueError as exc:  # a malformed connection string or key
+            raise PermanentError(f"{where}: invalid configuration ({type(exc).__name__})") from None
+
+    def put(self, key: str, data: bytes, content_type: str, content_encoding: str | None) -> None:
+        settings = ContentSettings(content_type=content_type, content_encoding=content_encoding)
+        with self._errors("put"):
+            # overwrite=False: create only, never replace an existing blob.
+            self.client().upload_blob(key, data, overwrite=False, content_settings=settings, length=len(data))
+
+    def ensure_container(self) -> None:
+        client = self.client()
+        with self._errors("get container"):
+            try:
+                if client.exists():
+                    return
+            except ax.HttpResponseError as exc:
+                if exc.status_code == 403:
+                    return  # it may exist but we may not read it (e.g. a write-only SAS): the probe decides
+                raise
+        with self._errors("create container"):
+            try:
+                client.create_container()
+            except ax.ResourceExistsError:
+                pass  # created meanwhile (another worker)
+
+    def delete(self, key: str) -> None:
+        with self._errors("delete"):
+            try:
+                self.client().delete_blob(key)
+            except ax.ResourceNotFoundError:
+                pass
+
+    def list_keys(self, prefix: str) -> list[str]:
+        with self._errors("list"):
+            return list(self.client().list_blob_names(name_starts_with=prefix))
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+
+class AzureSink:
+    """Row sink over the shared lake writer."""
+
+    name = "azure"
+
+    def __init__(self, settings: Settings) -> None:
+        self.config = AzureConfig.from_settings(settings)
+        self.writer = LakeWriter(AzureStore(self.config), LakeConfig.from_settings(settings))
+
+    def write_rows(self, table: str, rows: list[dict]) -> int:
+        self.writer.write(table, rows)
+        return len(rows)
+
+    def setup(self) -> None:
+        self.writer.store.ensure_container()
+        self.writer.probe()
+
+    def drop(self, tables: list[str]) -> list[str]:
+        return self.writer.drop(tables)
+
+    def health(self) -> dict[str, Any]:
+        return {"container": self.config.container, "account": self.config.account or "from connection string"}
+
+    def close(self) -> None:
+        self.writer.store.close()

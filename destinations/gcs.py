@@ -1,0 +1,201 @@
+"""`gcs`: gzip NDJSON objects in a Google Cloud Storage bucket.
+
+Reads: GCS_BUCKET (required), GCS_PROJECT, GCS_SERVICE_ACCOUNT with
+GCS_SERVICE_ACCOUNT_PRIVATE_KEY (a service account's email and PEM key), GCS_KEYFILE
+(a key file's path or its JSON), STORAGE_EMULATOR_HOST, LAKE_PREFIX,
+LAKE_MAX_OBJECT_BYTES. Without explicit credentials, Application Default Credentials
+apply; with STORAGE_EMULATOR_HOST the client talks to the emulator anonymously.
+Objects are stored with `Content-Encoding: gzip`, so GCS may serve them decompressed
+(decompressive transcoding) to clients that do not ask for gzip.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from google.api_core import exceptions as gx
+from google.auth import exceptions as ax
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+from google.oauth2 import service_account
+
+from destinations.base import PermanentError, TransientError
+from destinations.lake import LakeConfig, LakeWriter
+from proxy.settings import ConfigError, Settings
+
+TIMEOUT = (5, 60)  # connect, read (seconds)
+# The IAM permission each operation needs, for messages that name the missing one.
+PERMISSIONS = {
+    "put": "storage.objects.create",
+    "delete": "storage.objects.delete",
+    "list": "storage.objects.list",
+    "get bucket": "storage.buckets.get",
+    "create bucket": "storage.buckets.create",
+}
+
+
+@dataclass(frozen=True)
+class GCSConfig:
+    bucket: str
+    project: str | None = None
+    emulator_host: str | None = None
+    service_account: str | None = None
+    private_key: str | None = field(default=None, repr=False)
+    keyfile: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> GCSConfig:
+        config = cls(
+            bucket=settings.require("gcs_bucket", "gcs"),
+            project=settings.get("gcs_project"),
+            emulator_host=settings.get("storage_emulator_host"),
+            service_account=settings.get("gcs_service_account"),
+            private_key=settings.get("gcs_service_account_private_key"),
+            keyfile=settings.get("gcs_keyfile"),
+        )
+        if bool(config.service_account) != bool(config.private_key):
+            raise ConfigError("gcs_service_account and gcs_service_account_private_key must be set together")
+        return config
+
+
+class GCSStore:
+    def __init__(self, config: GCSConfig) -> None:
+        self.config = config
+        self.bucket_name = config.bucket
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def client(self) -> Any:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    with self._errors("connect"):
+                        self._client = self._make_client()
+        return self._client
+
+    def _make_client(self) -> Any:
+        c = self.config
+        if c.emulator_host:
+            options = {"api_endpoint": c.emulator_host}
+            return storage.Client(project=c.project or "local", credentials=AnonymousCredentials(), client_options=options)
+        credentials = None
+        if c.service_account or c.keyfile:
+            if c.keyfile and not c.service_account:
+                if c.keyfile.lstrip().startswith("{"):
+                    info = json.loads(c.keyfile)
+                else:
+                    with open(c.keyfile, encoding="utf-8") as handle:
+                        info = json.load(handle)
+            else:
+                info = {
+                    "type": "service_account",
+                    "client_email": c.service_account,
+                    # Keys pasted into one-line variables carry literal \n.
+                    "private_key": (c.private_key or "").replace("\\n", "\n"),
+                    "token_uri": "https://oauth2.googleapis.com/token",
+                }
+            credentials = service_account.Credentials.from_service_account_info(info)
+            project = c.project or info.get("project_id")
+            return storage.Client(project=project, credentials=credentials)
+        return storage.Client(project=c.project)  # Application Default Credentials
+
+    def _bucket(self) -> Any:
+        return self.client().bucket(self.bucket_name)
+
+    @contextmanager
+    def _errors(self, operation: str) -> Iterator[None]:
+        where = f"gcs {operation} on bucket {self.bucket_name}"
+        try:
+            yield
+        except gx.GoogleAPICallError as exc:
+            status = exc.code if isinstance(exc.code, int) else 0
+            if status in (408, 429) or status >= 500:
+                raise TransientError(f"{where}: HTTP {status}") from None
+            if status == 403:
+                raise PermanentError(f"{PERMISSIONS.get(operation, operation)} denied on bucket {self.bucket_name}") from None
+            if status == 401:
+                raise PermanentError(f"{where}: credentials rejected (HTTP 401)") from None
+            if status == 404:
+                raise PermanentError(f"gcs bucket {self.bucket_name} not found ({operation})") from None
+            raise PermanentError(f"{where}: HTTP {status}") from None
+        except ax.TransportError as exc:
+            raise TransientError(f"{where}: {type(exc).__name__}") from None
+        except ax.RefreshError as exc:
+            error = TransientError if getattr(exc, "retryable", False) else PermanentError
+            raise error(f"{where}: credentials could not be refreshed") from None
+        except ax.GoogleAuthError as exc:
+            raise PermanentError(f"{where}: {type(exc).__name__} (no usable Google credentials)") from None
+        except (ValueError, OSError) as exc:
+            if isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)):
+                raise TransientError(f"{where}: {type(exc).__name__}") from None
+            raise PermanentError(f"{where}: {type(exc).__name__}") from None
+
+    def put(self, key: str, data: bytes, content_type: str, content_encoding: str | None) -> None:
+        with self._errors("put"):
+            blob = self._bucket().blob(key)
+            blob.content_encoding = content_encoding
+            # if_generation_match=0: create only, never replace an object; retries belong to the delivery layer.
+            blob.upload_from_string(data, content_type=content_type, if_generation_match=0, retry=None, timeout=TIMEOUT)
+
+    def ensure_container(self) -> None:
+        with self._errors("get bucket"):
+            try:
+                if self.client().lookup_bucket(self.bucket_name, timeout=TIMEOUT) is not None:
+                    return
+            except gx.Forbidden:
+                return  # it may exist but we may not read its metadata: the write probe decides
+        with self._errors("create bucket"):
+            try:
+                self.client().create_bucket(self.bucket_name, timeout=TIMEOUT)
+            except gx.Conflict:
+                pass  # created meanwhile (another worker)
+
+    def delete(self, key: str) -> None:
+        with self._errors("delete"):
+            try:
+                self._bucket().delete_blob(key, timeout=TIMEOUT, retry=None)
+            except gx.NotFound:
+                pass
+
+    def list_keys(self, prefix: str) -> list[str]:
+        with self._errors("list"):
+            return [blob.name for blob in self.client().list_blobs(self.bucket_name, prefix=prefix, timeout=TIMEOUT)]
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+
+class GCSSink:
+    """Row sink over the shared lake writer."""
+
+    name = "gcs"
+
+    def __init__(self, settings: Settings) -> None:
+        self.config = GCSConfig.from_settings(settings)
+        self.writer = LakeWriter(GCSStore(self.config), LakeConfig.from_settings(settings))
+
+    def write_rows(self, table: str, rows: list[dict]) -> int:
+        self.writer.write(table, rows)
+        return len(rows)
+
+    def setup(self) -> None:
+        self.writer.store.ensure_container()
+        self.writer.probe()
+
+    def drop(self, tables: list[str]) -> list[str]:
+        return self.writer.drop(tables)
+
+    def health(self) -> dict[str, Any]:
+        return {"bucket": self.config.bucket, "endpoint": self.config.emulator_host or "gcs"}
+
+    def close(self) -> None:
+        self.writer.store.close()

@@ -1,0 +1,220 @@
+"""`s3`: gzip NDJSON objects in an Amazon S3 bucket (or an S3-compatible store).
+
+Reads: S3_BUCKET (required), S3_REGION, S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY,
+S3_SESSION_TOKEN, S3_ENDPOINT_URL (else AWS_ENDPOINT_URL_S3), LAKE_PREFIX,
+LAKE_MAX_OBJECT_BYTES. Without keys boto3's standard credential chain applies
+(environment, profile, SSO, container or instance role). With an endpoint URL the
+client uses path-style addressing, which S3-compatible stores expect.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+from botocore import exceptions as bx
+from botocore.config import Config
+
+from destinations.base import PermanentError, TransientError
+from destinations.lake import LakeConfig, LakeWriter, table_prefix
+from proxy.settings import Settings
+
+TRANSIENT_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "InternalError",
+    "ServiceUnavailable",
+    "RequestLimitExceeded",
+    "OperationAborted",
+}
+# The IAM action each call needs, for messages that name the missing permission.
+ACTIONS = {
+    "PutObject": "s3:PutObject",
+    "DeleteObject": "s3:DeleteObject",
+    "DeleteObjects": "s3:DeleteObject",
+    "ListObjectsV2": "s3:ListBucket",
+    "HeadBucket": "s3:ListBucket",
+    "CreateBucket": "s3:CreateBucket",
+}
+
+
+@dataclass(frozen=True)
+class S3Config:
+    bucket: str
+    region: str | None = None
+    endpoint_url: str | None = None
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> S3Config:
+        return cls(
+            bucket=settings.require("s3_bucket", "s3"),
+            region=settings.get("s3_region"),
+            endpoint_url=settings.get("s3_endpoint_url") or settings.get("aws_endpoint_url_s3"),
+            access_key_id=settings.get("s3_access_key_id"),
+            secret_access_key=settings.get("s3_secret_access_key"),
+            session_token=settings.get("s3_session_token"),
+        )
+
+
+class S3Store:
+    def __init__(self, config: S3Config) -> None:
+        self.config = config
+        self.bucket = config.bucket
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def client(self) -> Any:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._make_client()
+        return self._client
+
+    def _make_client(self) -> Any:
+        c = self.config
+        session = boto3.session.Session(
+            aws_access_key_id=c.access_key_id,
+            aws_secret_access_key=c.secret_access_key,
+            aws_session_token=c.session_token,
+            region_name=c.region,
+        )
+        config = Config(
+            s3={"addressing_style": "path"} if c.endpoint_url else {},
+            # One attempt: the delivery layer owns retries and their deadline.
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            connect_timeout=5,
+            read_timeout=30,
+            max_pool_connections=50,
+        )
+        return session.client("s3", endpoint_url=c.endpoint_url, config=config)
+
+    @contextmanager
+    def _errors(self, operation: str) -> Iterator[None]:
+        try:
+            yield
+        except bx.ClientError as exc:
+            raise classify(exc, self.bucket) from None
+        except (bx.NoCredentialsError, bx.PartialCredentialsError, bx.NoRegionError, bx.ParamValidationError) as exc:
+            raise PermanentError(f"s3 {operation} on bucket {self.bucket}: {type(exc).__name__}") from None
+        except (bx.HTTPClientError, bx.ConnectionError, ConnectionError, TimeoutError) as exc:
+            raise TransientError(f"s3 {operation} on bucket {self.bucket}: {type(exc).__name__}") from None
+        except bx.BotoCoreError as exc:
+            raise TransientError(f"s3 {operation} on bucket {self.bucket}: {type(exc).__name__}") from None
+
+    def put(self, key: str, data: bytes, content_type: str, content_encoding: str | None) -> None:
+        extra = {"ContentEncoding": content_encoding} if content_encoding else {}
+        with self._errors("PutObject"):
+            self.client().put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, **extra)
+
+    def ensure_container(self) -> None:
+        client = self.client()
+        with self._errors("HeadBucket"):
+            try:
+                client.head_bucket(Bucket=self.bucket)
+                return
+            except bx.ClientError as exc:
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if status == 403:
+                    return  # it exists but we may not list it: the write probe decides
+                if status != 404:
+                    raise
+        kwargs: dict[str, Any] = {"Bucket": self.bucket}
+        region = client.meta.region_name
+        if region and region != "us-east-1":
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        with self._errors("CreateBucket"):
+            try:
+                client.create_bucket(**kwargs)
+            except bx.ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "BucketAlreadyOwnedByYou":  # another worker won
+                    raise
+
+    def delete(self, key: str) -> None:
+        with self._errors("DeleteObject"):
+            self.client().delete_object(Bucket=self.bucket, Key=key)
+
+    def delete_many(self, keys: list[str]) -> None:
+        """Up to 1,000 keys per DeleteObjects call."""
+        for start in range(0, len(keys), 1000):
+            chunk = [{"Key": k} for k in keys[start : start + 1000]]
+            with self._errors("DeleteObjects"):
+                reply = self.client().delete_objects(Bucket=self.bucket, Delete={"Objects": chunk, "Quiet": True})
+            errors = reply.get("Errors") or []
+            if errors:
+                code = str(errors[0].get("Code", "Unknown"))
+                raise classify_code(code, 403 if code == "AccessDenied" else 0, "DeleteObjects", self.bucket)
+
+    def list_keys(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        with self._errors("ListObjectsV2"):
+            for page in self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                keys.extend(item["Key"] for item in page.get("Contents", []))
+        return keys
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+
+def classify(exc: Any, bucket: str) -> TransientError | PermanentError:
+    """botocore ClientError -> our error, from its code and status only (never the server's text)."""
+    error = exc.response.get("Error", {}) if isinstance(getattr(exc, "response", None), dict) else {}
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) if error else 0
+    return classify_code(str(error.get("Code", "Unknown")), int(status or 0), exc.operation_name, bucket)
+
+
+def classify_code(code: str, status: int, operation: str, bucket: str) -> TransientError | PermanentError:
+    if code in TRANSIENT_CODES or status == 429 or status >= 500:
+        return TransientError(f"s3 {operation} on bucket {bucket}: {code} (HTTP {status})")
+    if code in {"NoSuchBucket", "404", "NotFound"}:
+        return PermanentError(f"s3 bucket {bucket} not found ({operation})")
+    if code in {"AccessDenied", "403", "AllAccessDisabled", "AccountProblem"} or status == 403:
+        return PermanentError(f"{ACTIONS.get(operation, 's3:' + operation)} denied on bucket {bucket}")
+    if code in {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "TokenRefreshRequired"}:
+        return PermanentError(f"s3 credentials rejected on bucket {bucket}: {code}")
+    return PermanentError(f"s3 {operation} on bucket {bucket}: {code} (HTTP {status})")
+
+
+class S3Sink:
+    """Row sink over the shared lake writer."""
+
+    name = "s3"
+
+    def __init__(self, settings: Settings) -> None:
+        self.config = S3Config.from_settings(settings)
+        self.writer = LakeWriter(S3Store(self.config), LakeConfig.from_settings(settings))
+
+    def write_rows(self, table: str, rows: list[dict]) -> int:
+        self.writer.write(table, rows)
+        return len(rows)
+
+    def setup(self) -> None:
+        self.writer.store.ensure_container()
+        self.writer.probe()
+
+    def drop(self, tables: list[str]) -> list[str]:
+        # LakeWriter.drop deletes key by key; S3 deletes a thousand per call over the same exact prefixes.
+        deleted: list[str] = []
+        for table in tables:
+            keys = self.writer.store.list_keys(table_prefix(self.writer.config, table))
+            self.writer.store.delete_many(keys)
+            deleted.extend(keys)
+        return deleted
+
+    def health(self) -> dict[str, Any]:
+        return {"bucket": self.config.bucket, "endpoint": self.config.endpoint_url or "aws"}
+
+    def close(self) -> None:
+        self.writer.store.close()
