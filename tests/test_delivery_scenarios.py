@@ -10,6 +10,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -179,3 +180,89 @@ def test_hanging_destination_does_not_hold_up_replies_or_others(env, tmp_path):
         control.write_text("up")
         server.stop()
     assert sorted(insert_ids(files.rows(Path(env["DATA_DIR"]), "events"))) == sorted(load.accepted)
+
+
+def test_s3_outage_loses_nothing(env, tmp_path):
+    """The S3 stand-in (moto, in this process so its data survives a restart) is stopped
+    between load phases and restarted: batches that could not be written are spooled
+    while it is down (replies stay 200) and replayed afterwards."""
+    import gzip
+    import json
+
+    from moto.server import ThreadedMotoServer
+
+    from tests.support.emulators import s3_client
+
+    moto_port = free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
+    moto.start()
+    s3_url = f"http://127.0.0.1:{moto_port}"
+    s3_client(s3_url).create_bucket(Bucket="lake")
+    env.update(
+        DESTINATIONS="files,s3",
+        S3_BUCKET="lake",
+        S3_REGION="us-east-1",
+        S3_ENDPOINT_URL=s3_url,
+        S3_ACCESS_KEY_ID="test",
+        S3_SECRET_ACCESS_KEY="test",
+        BATCH_MAX_SECONDS="0.3",
+        RETRY_MAX_ATTEMPTS="3",
+        RETRY_BASE_SECONDS="0.05",
+        RETRY_MAX_SECONDS="1",
+    )
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = gunicorn(env, port, workers=2, log=tmp_path / "gunicorn.log")
+    batch = 10
+    state = {"moto": moto}
+
+    def s3_settled(expected_out: float, expected_spooled: float) -> Callable[[], bool]:
+        return lambda: (
+            (
+                metric_sum(url, "mpproxy_rows_out_total", destination="s3"),
+                metric_sum(url, "mpproxy_dead_lettered_rows_total", destination="s3"),
+            )
+            == (expected_out, expected_spooled)
+        )
+
+    try:
+        # Phase 1: S3 up. Phase 2: S3 stopped. Phase 3: S3 restarted. 100 requests each.
+        load = run_load(f"{url}/track/", 100, batch, threads=4, run="s3-up")
+        wait_until(s3_settled(1000, 0), 30, 0.2, what="phase 1 delivery")
+        state["moto"].stop()
+        down = run_load(f"{url}/track/", 100, batch, threads=4, run="s3-down")
+        wait_until(s3_settled(1000, 1000), 60, 0.2, what="phase 2 spooling")
+        state["moto"] = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
+        state["moto"].start()
+        back = run_load(f"{url}/track/", 100, batch, threads=4, run="s3-back")
+        wait_until(s3_settled(2000, 1000), 30, 0.2, what="phase 3 delivery")
+        for phase in (down, back):
+            load.accepted |= phase.accepted
+            assert phase.statuses == {200: 100}
+        sent = 3000
+        direct, spooled = 2000, 1000
+    finally:
+        assert server.stop() == 0, server.log()[-2000:]
+
+    try:
+        replay = subprocess.run(
+            [str(VENV_BIN / "flask"), "--app", "app", "replay"],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert replay.returncode == 0, replay.stdout + replay.stderr
+        client = s3_client(s3_url)
+        landed: list[str] = []
+        objects = 0
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket="lake", Prefix="events/"):
+            for item in page.get("Contents", []):
+                objects += 1
+                body = gzip.decompress(client.get_object(Bucket="lake", Key=item["Key"])["Body"].read())
+                landed += [json.loads(line)["insert_id"] for line in body.splitlines()]
+    finally:
+        state["moto"].stop()
+    assert len(landed) == sent and set(landed) == load.accepted
+    print(f"\ns3 outage: sent {sent}, landed directly {int(direct)}, spooled {int(spooled)}, replayed {int(spooled)}, lost 0")
