@@ -74,7 +74,8 @@ def _load() -> Flask:
         return create_app()
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        # 4 is gunicorn's APP_LOAD_ERROR: the master stops instead of respawning the worker.
+        raise SystemExit(4) from None
 
 
 app = _load()

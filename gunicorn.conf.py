@@ -27,7 +27,9 @@ worker_connections = _settings.get_int("worker_connections", 1000, 1)
 # Time a worker gets after SIGTERM to finish requests and drain its buffers.
 graceful_timeout = _settings.get_int("graceful_timeout", 30, 1)
 timeout = _settings.get_int("worker_timeout", 60, 1)
-keepalive = 75  # longer than typical load balancer idle timeouts
+# Idle keep-alive connections hold a gevent worker's graceful shutdown open, so keep this
+# short; behind a load balancer that reuses connections longer, raise it above its idle timeout.
+keepalive = _settings.get_int("keepalive", 5, 0)
 accesslog = "-" if _settings.get_bool("access_log") else None
 errorlog = "-"
 forwarded_allow_ips = "*"  # client IP is derived from X-Forwarded-For with TRUSTED_PROXY_HOPS

@@ -106,7 +106,8 @@ class MixpanelClient:
                     allow_redirects=False,
                 )
             except requests.RequestException as exc:
-                last_error = short_error(exc, 120)
+                # Only the exception's name: its text carries the URL, whose query may hold user data.
+                last_error = type(exc).__name__
                 response = None
             else:
                 if response.status_code not in RETRY_STATUSES or not retry:
@@ -121,7 +122,7 @@ class MixpanelClient:
                 if response is not None:
                     return response  # out of time: hand back Mixpanel's last answer
                 raise MixpanelUnavailable(f"Mixpanel unavailable: {last_error}")
-            log.info("mixpanel retry", extra={"attempt": attempt, "reason": last_error, "path": path})
+            log.info("mixpanel retry", extra={"attempt": attempt, "reason": last_error, "path": path.split("?", 1)[0]})
             time.sleep(delay)
 
     def close(self) -> None:
@@ -162,7 +163,8 @@ class MixpanelDestination:
         headers.update({"Content-Type": "application/json", "Content-Encoding": "gzip"})
         params: list[tuple[str, str]] = list(ingest.upstream_params)
         if ingest.endpoint != "import":
-            params += [("ip", "1"), ("verbose", "1")]
+            # No client IP (the SDK sent ip=0): ip=1 would geolocate the proxy's own address.
+            params += [("ip", "1" if ingest.client_ip else "0"), ("verbose", "1")]
         deadline = started + self.client.timeout
         replies: list[tuple[int, int, int, Any]] = []  # (offset, status_code, count, body)
         try:

@@ -24,13 +24,31 @@ def request_client_ip() -> str | None:
     return client_ip(request.headers.get("X-Forwarded-For"), request.remote_addr, rt.settings.trusted_proxy_hops)
 
 
+def read_body(max_bytes: int) -> bytes:
+    """The raw body, never buffering more than `max_bytes` + 1: a declared or streamed
+    (chunked) body that is larger raises PayloadTooLarge instead of filling memory."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise payloads.PayloadTooLarge(f"body exceeds {max_bytes} bytes")
+    parts: list[bytes] = []
+    size = 0
+    while size <= max_bytes:
+        chunk = request.stream.read(min(1 << 16, max_bytes + 1 - size))
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    if size > max_bytes:
+        raise payloads.PayloadTooLarge(f"body exceeds {max_bytes} bytes")
+    return b"".join(parts)
+
+
 def handle(endpoint: str) -> Response:
     rt = runtime()
     received_at = time.time()
     query = request.args.to_dict(flat=True)
     verbose_hint = query.get("verbose", "") in payloads.TRUE_FLAGS
     try:
-        body = request.get_data(cache=False)
+        body = read_body(rt.settings.max_body_bytes)
         decoded = payloads.decode(body, query, request.headers.get("Content-Encoding"), rt.settings.max_body_bytes)
     except payloads.PayloadError as exc:
         log.info("rejected %s request: %s", endpoint, exc)
@@ -48,7 +66,7 @@ def handle(endpoint: str) -> Response:
     if rt.transformer is not None:
         records = rt.transformer.apply(records)
     if not records:
-        return replies.ingest_reply(endpoint, 0, [], decoded.verbose)
+        return replies.ingest_reply(endpoint, 0, [], decoded.verbose, decoded.legacy)
 
     allowed = UPSTREAM_PARAMS.get(endpoint, ())
     frozen = tuple(records)
@@ -56,7 +74,8 @@ def handle(endpoint: str) -> Response:
         endpoint=endpoint,
         records=frozen,
         rows=rt.rows(frozen),
-        client_ip=ip,
+        # ip=0: Mixpanel must not geolocate this request by the client's address either.
+        client_ip=ip if decoded.ip_enabled else None,
         authorization=request.headers.get("Authorization"),
         upstream_params=tuple((k, v) for k, v in decoded.params.items() if k in allowed),
     )
@@ -64,4 +83,4 @@ def handle(endpoint: str) -> Response:
         results = dispatch(ingest, rt.destinations)
     except DeadLetterFull as exc:  # pragma: no cover - dispatch turns exceptions into results
         return replies.error(str(exc), 503, decoded.verbose, endpoint)
-    return replies.ingest_reply(endpoint, len(records), results, decoded.verbose)
+    return replies.ingest_reply(endpoint, len(records), results, decoded.verbose, decoded.legacy)

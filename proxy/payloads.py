@@ -36,6 +36,9 @@ class Decoded:
     items: list[Any]
     # Flags taken from the query string or the form body (Python sends them in the body).
     params: Mapping[str, str] = field(default_factory=dict)
+    # The payload came in a `data` field (form body or query), the SDKs' way of calling
+    # every endpoint: /import then answers like /track (`1`), as the SDKs expect.
+    legacy: bool = False
 
     @property
     def verbose(self) -> bool:
@@ -55,6 +58,8 @@ def gunzip(body: bytes, max_bytes: int) -> bytes:
         raise PayloadError("body is not valid gzip") from None
     if len(out) > max_bytes or inflater.unconsumed_tail:
         raise PayloadTooLarge(f"body exceeds {max_bytes} bytes after gunzip")
+    if not inflater.eof:
+        raise PayloadError("gzip body is truncated")
     return out
 
 
@@ -114,7 +119,7 @@ def decode(body: bytes, query: Mapping[str, str], content_encoding: str | None =
         raise PayloadTooLarge(f"body exceeds {max_bytes} bytes")
     encoding = (content_encoding or "").strip().lower()
     if encoding in {"gzip", "x-gzip", "deflate"} or body[:2] == GZIP_MAGIC:
-        body = gunzip(body, max_bytes)
+        body = gunzip(body, max_bytes) if body else body  # a GET may carry the header and no body
     elif encoding not in {"", "identity"}:
         raise PayloadError(f"unsupported Content-Encoding {encoding!r}")
 
@@ -142,4 +147,4 @@ def decode(body: bytes, query: Mapping[str, str], content_encoding: str | None =
         data = text
     if data is None:
         raise PayloadError("no data: send a JSON body, a form field `data`, or `data` in the query string")
-    return Decoded(_as_items(decode_data_value(data)), params)
+    return Decoded(_as_items(decode_data_value(data)), params, legacy=True)

@@ -38,13 +38,16 @@ def _retry_after(status: int) -> dict[str, str] | None:
     return {"Retry-After": "5"} if status in (429, 503) else None
 
 
-def ingest_reply(endpoint: str, count: int, results: Sequence[WriteResult], verbose: bool) -> Response:
+def ingest_reply(endpoint: str, count: int, results: Sequence[WriteResult], verbose: bool, legacy: bool = False) -> Response:
+    """`legacy`: the SDK sent `data=` (Python and Node call /import that way and need a
+    /track-style `1` or `{"status":1}` back); a JSON /import body gets /import's reply."""
     destinations = [r.as_dict() for r in results]
     unabsorbed = [r for r in results if r.status == "error" and r.retryable]
     upstream = next((r.upstream for r in results if r.upstream is not None), None)
+    import_reply = endpoint == "import" and not legacy
     if unabsorbed:
         message = "; ".join(f"{r.name}: {r.error}" for r in unabsorbed)
-        if endpoint == "import":
+        if import_reply:
             return as_json(
                 {"code": 503, "error": message, "status": "Error", "destinations": destinations}, 503, _retry_after(503)
             )
@@ -52,17 +55,28 @@ def ingest_reply(endpoint: str, count: int, results: Sequence[WriteResult], verb
             return as_json({"status": 0, "error": message, "destinations": destinations}, 503, _retry_after(503))
         return Response("0", status=503, mimetype="text/plain", headers=_retry_after(503))
 
-    if endpoint == "import":
+    if import_reply:
         if upstream is not None and isinstance(upstream.body, dict):
             return as_json(upstream.body, upstream.status_code)
+        if upstream is not None and upstream.status_code >= 300:  # e.g. a proxy's HTML error page
+            return error(f"Mixpanel answered HTTP {upstream.status_code}", upstream.status_code, endpoint="import")
         return as_json({"code": 200, "num_records_imported": count, "status": "OK"})
 
     status_code, ok, message = 200, True, None
     if upstream is not None:
-        body = upstream.body
         status_code = upstream.status_code
-        ok = (body.get("status") == 1) if isinstance(body, dict) else body == 1
-        message = body.get("error") if isinstance(body, dict) else (None if ok else "Mixpanel rejected the data")
+        ok, message = _verdict(endpoint, upstream.status_code, upstream.body)
     if verbose:
         return as_json({"status": 1 if ok else 0, "error": message, "destinations": destinations}, status_code)
     return text("1" if ok else "0", status_code)
+
+
+def _verdict(endpoint: str, status_code: int, body: Any) -> tuple[bool, str | None]:
+    """Mixpanel's verdict as (accepted, error): /track-style `1`/`{"status":1}`, or /import's `{"code":200}`."""
+    if endpoint == "import" and isinstance(body, dict) and "code" in body:
+        ok = status_code < 300 and body.get("code") == 200
+        return ok, None if ok else str(body.get("error") or body.get("status") or f"HTTP {status_code}")
+    if isinstance(body, dict):
+        return body.get("status") == 1, body.get("error")
+    ok = body == 1 and status_code < 300
+    return ok, None if ok else "Mixpanel rejected the data"

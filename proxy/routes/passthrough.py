@@ -12,7 +12,8 @@ from flask import Response, request
 
 from destinations.mixpanel import MixpanelUnavailable, forwarding_headers
 from proxy import replies
-from proxy.ingest import request_client_ip
+from proxy.ingest import read_body, request_client_ip
+from proxy.payloads import PayloadTooLarge
 from proxy.routes import bp
 from proxy.runtime import runtime
 
@@ -24,9 +25,10 @@ METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 def forward(path: str) -> Response:
     rt = runtime()
-    body = request.get_data(cache=False)
-    if len(body) > rt.settings.max_body_bytes:
-        return replies.error(f"body exceeds {rt.settings.max_body_bytes} bytes", 413)
+    try:
+        body = read_body(rt.settings.max_body_bytes)
+    except PayloadTooLarge as exc:
+        return replies.error(str(exc), exc.status)
     headers = forwarding_headers(request_client_ip(), request.headers.get("Authorization"))
     headers.update({h: request.headers[h] for h in FORWARDED_REQUEST_HEADERS if h in request.headers})
     query = request.query_string.decode("latin-1")

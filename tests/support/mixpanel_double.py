@@ -127,6 +127,11 @@ class MixpanelDouble:
             return "$group_key and $group_id are required"
         return None
 
+    @staticmethod
+    def _insert_id(record: Any) -> Any:
+        props = record.get("properties") if isinstance(record, dict) else None
+        return props.get("$insert_id") if isinstance(props, dict) else None
+
     # -- HTTP ----------------------------------------------------------------------------
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
         parts = urlsplit(h.path)
@@ -138,6 +143,8 @@ class MixpanelDouble:
         entry = Received(h.command, path, query, headers, body)
 
         if path.endswith(".js"):
+            with self._lock:
+                self.received.append(entry)  # so tests can see how often the CDN is asked
             return self._send(h, 200, LIB_BODY, "application/javascript")
         with self._lock:
             behaviour = self.behaviour
@@ -166,7 +173,7 @@ class MixpanelDouble:
                 if not headers.get("authorization", "").startswith("Basic "):
                     return self._json(h, 401, {"code": 401, "error": "Unauthorized", "status": 0})
                 failed = [
-                    {"index": i, "insert_id": (r.get("properties") or {}).get("$insert_id"), "field": "event", "message": err}
+                    {"index": i, "insert_id": self._insert_id(r), "field": "event", "message": err}
                     for i, r in enumerate(entry.records)
                     if (err := self.judge(endpoint, r))
                 ]

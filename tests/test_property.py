@@ -1,0 +1,146 @@
+"""Property tests: no body, header or query string makes the proxy answer 5xx or lose a worker."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import random
+from pathlib import Path
+
+import pytest
+import requests
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from tests.fixtures_core import run_proxy  # noqa: F401
+from tests.support.processes import ROOT
+
+DIST = str(ROOT / "node_modules" / "mixpanel-browser" / "dist")
+PATHS = ["/track", "/track/", "/engage/", "/groups", "/import", "/import/", "/record/", "/flags/", "/decide", "/lib.min.js", "/x"]
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+records = st.one_of(
+    json_values,
+    st.fixed_dictionaries(
+        {"event": json_values, "properties": json_values},
+        optional={"$mp_metadata": json_values, "time": json_values},
+    ),
+    st.fixed_dictionaries({"$distinct_id": json_values, "$set": json_values}, optional={"$token": json_values}),
+)
+payloads = st.one_of(records, st.lists(records, max_size=5))
+
+
+@st.composite
+def bodies(draw: st.DrawFn) -> bytes:
+    value = draw(payloads)
+    text = json.dumps(value)
+    shape = draw(st.sampled_from(["raw", "ndjson", "form-json", "form-b64", "b64-plus", "crlf", "bytes", "text"]))
+    if shape == "raw":
+        body = text.encode()
+    elif shape == "ndjson":
+        items = value if isinstance(value, list) else [value]
+        body = "\n".join(json.dumps(i) for i in items).encode()
+    elif shape == "form-json":
+        body = b"data=" + requests.utils.quote(text).encode()
+    elif shape in ("form-b64", "b64-plus", "crlf"):
+        encoded = base64.b64encode(text.encode()).decode()
+        if shape == "crlf":
+            encoded = "\r\n".join(encoded[i : i + 64] for i in range(0, len(encoded), 64))
+        body = ("data=" + encoded + "&verbose=" + draw(st.sampled_from(["1", "0", "x"]))).encode()
+    elif shape == "bytes":
+        body = draw(st.binary(max_size=300))
+    else:
+        body = draw(st.text(max_size=200)).encode("utf-8", "surrogatepass")
+    if draw(st.booleans()):
+        body = gzip.compress(body)
+    if draw(st.integers(0, 9)) == 0:
+        body = body[: draw(st.integers(0, len(body)))]  # truncated
+    return body
+
+
+headers = st.fixed_dictionaries(
+    {},
+    optional={
+        "Content-Encoding": st.sampled_from(["gzip", "x-gzip", "deflate", "br", "identity", "GZIP ", "zstd, gzip"]),
+        "Content-Type": st.sampled_from(
+            ["application/json", "application/x-www-form-urlencoded", "text/plain;charset=UTF-8", "multipart/form-data"]
+        ),
+        "X-Forwarded-For": st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=60),
+        "Authorization": st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=30),
+    },
+)
+queries = st.dictionaries(
+    st.sampled_from(["data", "verbose", "ip", "strict", "project_id", "_", "callback", "img"]),
+    st.text(max_size=40),
+    max_size=4,
+)
+
+
+@pytest.fixture
+def client(make_app, mp):
+    app = make_app(destinations="mixpanel,files", mixpanel_api_host=mp.url, mixpanel_lib_dir=DIST, max_body_bytes="200000")
+    return app.test_client()
+
+
+@pytest.mark.filterwarnings("ignore:Do not use the `random` module")  # the proxy's retry jitter, not the strategy
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(
+    path=st.sampled_from(PATHS),
+    method=st.sampled_from(["GET", "POST"]),
+    body=bodies(),
+    headers=headers,
+    query=queries,
+)
+def test_no_request_gets_a_5xx(client, path, method, body, headers, query) -> None:
+    reply = client.open(path, method=method, data=body, headers=headers, query_string=query)
+    event(f"HTTP {reply.status_code}")
+    assert reply.status_code < 500, (reply.status_code, reply.data[:300])
+    if reply.status_code == 400 and reply.mimetype == "application/json":
+        message = reply.get_json().get("error", "")
+        assert "\n" not in message
+
+
+def _worker_pids(master: int) -> set[int]:
+    pids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == master:
+            pids.add(int(stat.parent.name))
+    return pids
+
+
+def test_random_bodies_leave_gunicorn_workers_alive(run_proxy, mp) -> None:  # noqa: F811
+    proxy = run_proxy(workers=2, destinations="mixpanel,files", mixpanel_api_host=mp.url)
+    master = proxy.server.proc.pid
+    before = _worker_pids(master)
+    assert len(before) == 2
+    rng = random.Random(1234)
+    session = requests.Session()
+    statuses = []
+    for i in range(200):
+        body = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 400)))
+        if i % 3 == 0:
+            body = gzip.compress(body)
+        if i % 5 == 0:
+            body = b"data=" + base64.b64encode(body)
+        headers = {"Content-Encoding": "gzip"} if i % 4 == 0 else {}
+        if i % 7 == 0:
+            headers["X-Forwarded-For"] = ",".join(rng.choice(["1.2.3.4", "", "::1", "junk", "300.1.1.1"]) for _ in range(3))
+        path = rng.choice(PATHS[:6])
+        statuses.append(session.post(f"{proxy.url}{path}?verbose={i % 2}", data=body, headers=headers, timeout=10).status_code)
+    streamed = session.post(f"{proxy.url}/track/", data=(b"A" * (1 << 20) for _ in range(12)), timeout=30)
+    statuses.append(streamed.status_code)
+    assert streamed.status_code == 413  # a chunked body is cut off at MAX_BODY_BYTES, never buffered whole
+    session.close()
+    assert all(status < 500 for status in statuses), statuses
+    assert requests.get(f"{proxy.url}/ping", timeout=5).json()["status"] == "ok"
+    assert _worker_pids(master) == before
+    assert "Traceback" not in proxy.log()
