@@ -31,6 +31,8 @@ timeout = _settings.get_int("worker_timeout", 60, 1)
 # short; behind a load balancer that reuses connections longer, raise it above its idle timeout.
 keepalive = _settings.get_int("keepalive", 5, 0)
 accesslog = "-" if _settings.get_bool("access_log") else None
+# Path only (%(U)s), never the query string: browser GET requests carry the payload in `data=`.
+access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms "%(a)s"'
 errorlog = "-"
 forwarded_allow_ips = "*"  # client IP is derived from X-Forwarded-For with TRUSTED_PROXY_HOPS
 max_requests = _settings.get_int("max_requests", 0, 0)
