@@ -1,0 +1,589 @@
+"""The benchmark: scenarios x destination sets, the nginx pass-through baseline, a py-spy
+profile and an optional memory soak. `bench/run.sh --help` lists the options."""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import payloads, procs, profile, report
+from bench.payloads import SCENARIOS, Scenario
+
+ROOT = procs.ROOT
+BENCH = ROOT / "bench"
+LUA = BENCH / "wrk" / "post.lua"
+FLUSH_SECONDS = 10.0  # BATCH_MAX_SECONDS default (destinations/delivery.py); the harness does not override it
+WORKERS = 2
+SETS: dict[str, tuple[str, str]] = {
+    # key: (DESTINATIONS, title)
+    "mixpanel": ("mixpanel", "Mixpanel only"),
+    "files": ("mixpanel,files", "Mixpanel + files"),
+    "s3": ("mixpanel,s3", "Mixpanel + S3 (moto)"),
+    "all": ("mixpanel,files,s3", "everything available (Mixpanel + files + S3)"),
+}
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# --- wrk ------------------------------------------------------------------------------------
+
+
+def run_wrk(url: str, scenario: Scenario, bodies: str, seconds: float, out: Path, tag: str, connections: int) -> dict:
+    result = out / f"wrk-{tag}.json"
+    result.unlink(missing_ok=True)
+    args = [
+        "wrk",
+        "-t2",
+        f"-c{connections}",
+        f"-d{int(seconds)}s",
+        "--timeout",
+        "30s",
+        "--latency",
+        "-s",
+        str(LUA),
+        url + scenario.path,
+    ]
+    env = {
+        "BENCH_BODIES": bodies,
+        "BENCH_PATH": scenario.path,
+        "BENCH_CONTENT_TYPE": scenario.content_type,
+        "BENCH_AUTH": scenario.authorization or "",
+        "BENCH_RESULT": str(result),
+    }
+    proc = procs.start(args, out / f"wrk-{tag}.txt", env=env)
+    try:
+        proc.wait(seconds + 60)
+    finally:
+        procs.stop(proc, timeout=5)
+    if not result.exists():
+        raise RuntimeError(f"wrk wrote no result for {tag}: {procs.tail(out / f'wrk-{tag}.txt')}")
+    data = json.loads(result.read_text())
+    data["ok_requests"] = data["requests"] - data["status_errors"]
+    data["seconds"] = data["duration_us"] / 1e6
+    data["command"] = shlex.join(args)
+    return data
+
+
+def preflight(url: str, scenario: Scenario, bodies: str) -> dict:
+    """One request with urllib: the reply must be what the SDK needs (HTTP 200, status 1 / code 200)."""
+    with open(bodies, "rb") as handle:
+        body = handle.readline().rstrip(b"\n")
+    headers = {"Content-Type": scenario.content_type, "X-Forwarded-For": "203.0.113.7"}
+    if scenario.authorization:
+        headers["Authorization"] = scenario.authorization
+    request = urllib.request.Request(url + scenario.path, data=body, headers=headers, method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - 127.0.0.1 only
+        status, text = response.status, response.read().decode("utf-8", "replace")
+    reply = json.loads(text)
+    ok = status == 200 and (reply.get("code") == 200 if scenario.name == "import" else reply.get("status") == 1)
+    if not ok:
+        raise RuntimeError(f"preflight {scenario.name} to {url}: HTTP {status} {text[:300]}")
+    return {"status": status, "reply": text[:160]}
+
+
+# --- storage counting -------------------------------------------------------------------------
+
+
+def count_files(data_dir: Path) -> tuple[int, int]:
+    objects = rows = 0
+    for path in data_dir.rglob("*.json.gz"):
+        if "_proxy_probe" in path.parts:
+            continue
+        objects += 1
+        with gzip.open(path, "rb") as handle:
+            rows += sum(1 for _ in handle)
+    return objects, rows
+
+
+def s3_client(endpoint: str) -> Any:
+    import boto3
+
+    return boto3.client(
+        "s3", endpoint_url=endpoint, aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1"
+    )
+
+
+def count_bucket(endpoint: str, bucket: str) -> tuple[int, int]:
+    client = s3_client(endpoint)
+    objects = rows = 0
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for item in page.get("Contents", []):
+            if item["Key"].startswith("_proxy_probe") or "/_proxy_probe/" in item["Key"]:
+                continue
+            objects += 1
+            data = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+            rows += gzip.decompress(data).count(b"\n")
+    return objects, rows
+
+
+def s3_status() -> str | None:
+    """None if destinations/s3.py is present; otherwise why the S3 sets cannot run."""
+    if not (ROOT / "destinations" / "s3.py").exists():
+        return "not yet available: destinations/s3.py does not exist in this checkout"
+    return None
+
+
+# --- one measured run -----------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.out = BENCH / "out"
+        # Always a fresh folder of our own, so removing it afterwards can only remove what we wrote.
+        if args.work_dir:
+            Path(args.work_dir).mkdir(parents=True, exist_ok=True)
+        self.work = Path(tempfile.mkdtemp(prefix="mpproxy-bench-", dir=args.work_dir))
+        self.nginx: procs.Nginx | None = None
+        self.moto: subprocess.Popen | None = None
+        self.moto_url: str | None = None
+        self.bodies: dict[str, dict] = {}
+
+    def setup(self) -> None:
+        if self.out.exists() and not self.args.skip_matrix:
+            shutil.rmtree(self.out)  # a full run starts clean; --skip-matrix keeps the matrix's logs
+        self.out.mkdir(parents=True, exist_ok=True)
+        procs.ensure_tools(log)
+        log("generating request bodies (fixed seed)")
+        self.bodies = payloads.generate(self.work / "bodies", seed=self.args.seed)
+        self.nginx = procs.Nginx(self.work / "nginx").start()
+        log(f"nginx: Mixpanel double on :{self.nginx.mixpanel_port}, pass-through on :{self.nginx.passthrough_port}")
+
+    def start_moto(self) -> str:
+        if self.moto_url is None:
+            port = procs.free_port()
+            self.moto = procs.start(
+                [str(procs.VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], self.out / "moto.log"
+            )
+            self.moto_url = f"http://127.0.0.1:{port}"
+            procs.wait_until(lambda: procs.http_ok(self.moto_url + "/moto-api/"), 30, "moto_server")
+            log(f"moto_server on :{port}")
+        return self.moto_url
+
+    def proxy_env(self, destinations: str, tag: str) -> tuple[dict[str, str], dict[str, Any]]:
+        data_dir = self.work / "data" / tag
+        spool = self.work / "spool" / tag
+        for path in (data_dir, spool):
+            shutil.rmtree(path, ignore_errors=True)
+        env = {
+            "DESTINATIONS": destinations,
+            "MIXPANEL_API_HOST": f"http://127.0.0.1:{self.nginx.mixpanel_port}",
+            "LOG_LEVEL": "WARNING",
+            "DATA_DIR": str(data_dir),
+            "DEAD_LETTER_DIR": str(spool),
+        }
+        storage: dict[str, Any] = {"data_dir": data_dir, "spool": spool}
+        if "s3" in destinations.split(","):
+            endpoint = self.start_moto()
+            bucket = f"bench-{tag}".replace("_", "-").lower()[:60]
+            s3_client(endpoint).create_bucket(Bucket=bucket)
+            env.update(
+                {
+                    "S3_BUCKET": bucket,
+                    "S3_ENDPOINT_URL": endpoint,
+                    "S3_ACCESS_KEY_ID": "test",
+                    "S3_SECRET_ACCESS_KEY": "test",
+                    "S3_REGION": "us-east-1",
+                    "AWS_ACCESS_KEY_ID": "test",
+                    "AWS_SECRET_ACCESS_KEY": "test",
+                    "AWS_DEFAULT_REGION": "us-east-1",
+                }
+            )
+            storage.update({"endpoint": endpoint, "bucket": bucket})
+        return env, storage
+
+    def wait_for_quiet(self, tag: str) -> float:
+        """Other jobs on a shared machine skew every number: wait (bounded) until it is nearly idle."""
+        started = time.monotonic()
+        quiet = 0
+        while time.monotonic() - started < self.args.quiet_wait:
+            before = procs.machine_busy_seconds()
+            time.sleep(1.0)
+            busy = (procs.machine_busy_seconds() - before) / (os.cpu_count() or 1)
+            quiet = quiet + 1 if busy < 0.15 else 0
+            if quiet >= 2:
+                break
+        waited = time.monotonic() - started
+        if waited > 5:
+            log(
+                f"  waited {waited:.0f}s for other jobs on the machine to go quiet before {tag}"
+                + ("" if quiet >= 2 else " (gave up)")
+            )
+        return waited
+
+    def measure(self, url: str, scenario: Scenario, tag: str, pids: Any = None) -> dict:
+        bodies = self.bodies[scenario.name]["path"]
+        connections = scenario.connections
+        waited = self.wait_for_quiet(tag)
+        first = preflight(url, scenario, bodies)
+        warm = run_wrk(url, scenario, bodies, self.args.warmup, self.out, tag + "-warmup", connections)
+        helpers = self.nginx.pids() + ([self.moto.pid] if self.moto else [])
+        cpu_before = procs.cpu_seconds(pids()) if pids else None
+        helpers_before, wrk_before, busy_before = (
+            procs.cpu_seconds(helpers),
+            procs.children_cpu_seconds(),
+            procs.machine_busy_seconds(),
+        )
+        main = run_wrk(url, scenario, bodies, self.args.duration, self.out, tag, connections)
+        cpu_after = procs.cpu_seconds(pids()) if pids else None
+        helpers_cpu = procs.cpu_seconds(helpers) - helpers_before
+        wrk_cpu = procs.children_cpu_seconds() - wrk_before
+        busy = procs.machine_busy_seconds() - busy_before
+        events = main["ok_requests"] * scenario.events_per_request
+        result = {
+            "tag": tag,
+            "scenario": scenario.name,
+            "connections": connections,
+            "preflight": first,
+            "wrk": main,
+            "warmup_requests": warm["ok_requests"],
+            "requests_per_s": main["ok_requests"] / main["seconds"],
+            "events_per_s": events / main["seconds"],
+            "events_measured": events,
+            "events_sent": (main["ok_requests"] + warm["ok_requests"] + 1) * scenario.events_per_request,
+            "p50_ms": main["p50_us"] / 1000,
+            "p99_ms": main["p99_us"] / 1000,
+            "errors": {k: main[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts")},
+        }
+        proxy_cpu = (cpu_after - cpu_before) if cpu_before is not None else 0.0
+        result["machine"] = {
+            "busy_percent": round(100 * busy / (main["seconds"] * (os.cpu_count() or 1)), 1),
+            "proxy_cpu_s": round(proxy_cpu, 2),
+            "nginx_moto_cpu_s": round(helpers_cpu, 2),
+            "waited_for_quiet_s": round(waited, 1),
+            "wrk_cpu_s": round(wrk_cpu, 2),
+            # Anything else running on the machine during the window (other jobs, the kernel's share).
+            "other_cpu_s": round(busy - proxy_cpu - helpers_cpu - wrk_cpu, 2),
+        }
+        if cpu_before is not None and events:
+            result["cpu_seconds"] = cpu_after - cpu_before
+            result["cpu_s_per_10k_events"] = (cpu_after - cpu_before) / events * 10_000
+        return result
+
+    def run_passthrough(self, scenario: Scenario) -> dict:
+        tag = f"passthrough-{scenario.name}"
+        log(f"{tag}: nginx pass-through, {scenario.connections} connections, {self.args.duration:g}s")
+        result = self.measure(f"http://127.0.0.1:{self.nginx.passthrough_port}", scenario, tag)
+        result["set"] = "passthrough"
+        log(f"  {result['events_per_s']:.0f} events/s, p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms")
+        return result
+
+    def run_proxy(self, set_key: str, scenario: Scenario) -> dict:
+        destinations, _title = SETS[set_key]
+        tag = f"{set_key}-{scenario.name}"
+        if "s3" in destinations.split(",") and (reason := s3_status()):
+            log(f"{tag}: skipped, S3 {reason}")
+            why = f"S3 destination {reason}"
+            if set_key == "all":
+                why = f"same as Mixpanel + files until S3 is available ({reason})"
+            return {"tag": tag, "set": set_key, "scenario": scenario.name, "unavailable": why}
+        env, storage = self.proxy_env(destinations, tag)
+        server = procs.Gunicorn(env, self.out / f"gunicorn-{tag}.log", WORKERS)
+        log(f"{tag}: DESTINATIONS={destinations}, {scenario.connections} connections, {self.args.duration:g}s")
+        started = time.monotonic()
+        try:
+            server.start()
+        except RuntimeError as exc:
+            if "s3" in destinations:
+                log(f"  S3 destination does not start: {exc}")
+                return {"tag": tag, "set": set_key, "scenario": scenario.name, "unavailable": f"S3 destination fails: {exc}"}
+            raise
+        try:
+            result = self.measure(server.url, scenario, tag, server.all_pids)
+            workers = server.worker_pids()
+            result["rss_peak_kb"] = {str(pid): procs.status_kb(pid, "VmHWM") for pid in workers}
+            result["rss_now_kb"] = {str(pid): procs.status_kb(pid, "VmRSS") for pid in workers}
+            result["gunicorn_command"] = shlex.join(server.command)
+        finally:
+            rc = server.stop()
+        result["alive_seconds"] = time.monotonic() - started
+        result["set"] = set_key
+        result["destinations"] = destinations
+        result["exit_code"] = rc
+        self.count_storage(result, storage)
+        shutil.rmtree(storage["data_dir"], ignore_errors=True)
+        log(
+            f"  {result['events_per_s']:.0f} events/s, p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms,"
+            f" {result.get('cpu_s_per_10k_events', 0):.2f} CPU-s/10k events, objects {result.get('objects')}"
+        )
+        return result
+
+    def count_storage(self, result: dict, storage: dict) -> None:
+        stores: dict[str, tuple[int, int]] = {}
+        names = result["destinations"].split(",")
+        if "files" in names:
+            stores["files"] = count_files(storage["data_dir"])
+        if "s3" in names:
+            stores["s3"] = count_bucket(storage["endpoint"], storage["bucket"])
+        spooled = list(storage["spool"].rglob("*.ndjson")) if storage["spool"].exists() else []
+        result["spooled_files"] = len(spooled)
+        result["spooled_rows"] = {}
+        for path in spooled:
+            line = json.loads(path.read_text())
+            result["spooled_rows"][line["destination"]] = result["spooled_rows"].get(line["destination"], 0) + len(line["rows"])
+        if not stores:
+            return
+        result["objects"] = {k: v[0] for k, v in stores.items()}
+        result["rows"] = {k: v[1] for k, v in stores.items()}
+        sent = result["events_sent"]
+        result["objects_per_10k_events"] = {k: v[0] / sent * 10_000 for k, v in stores.items()}
+        # Target: at most one object per flush interval per table per worker (+1 for the final drain).
+        intervals = int(result["alive_seconds"] // FLUSH_SECONDS) + 1
+        result["object_budget"] = intervals * 1 * WORKERS
+        if "s3" in stores and stores["s3"][0] == 0:
+            result["s3_problem"] = "the S3 destination wrote no objects (see the gunicorn log)"
+
+    def clean_run(self, run: Any) -> dict:
+        """Repeat a run (up to --retries times) when other jobs took more than 10% of the machine during it."""
+        best: dict | None = None
+        for attempt in range(1 + self.args.retries):
+            result = run()
+            machine = result.get("machine")
+            if machine is None:
+                return result
+            budget = 0.10 * result["wrk"]["seconds"] * (os.cpu_count() or 1)
+            result["attempt"] = attempt + 1
+            if best is None or machine["other_cpu_s"] < best["machine"]["other_cpu_s"]:
+                best = result
+            if machine["other_cpu_s"] <= budget:
+                break
+            log(f"  other jobs used {machine['other_cpu_s']:.1f} CPU-s during {result['tag']}: repeating it")
+        best["contaminated"] = best["machine"]["other_cpu_s"] > 0.10 * best["wrk"]["seconds"] * (os.cpu_count() or 1)
+        return best
+
+    # -- profile -------------------------------------------------------------------------------
+    def run_profile(self, name: str) -> dict:
+        scenario = SCENARIOS[name]
+        destinations = SETS["files"][0]
+        tag = f"profile-files-{name}"
+        env, _storage = self.proxy_env(destinations, tag)
+        server = procs.Gunicorn(env, self.out / f"gunicorn-{tag}.log", WORKERS).start()
+        seconds = self.args.profile_seconds
+        log(f"{tag}: py-spy on both workers for {seconds:g}s under {scenario.title} load")
+        svg_path, raw_path = self.out / f"profile-{name}.svg", self.out / f"profile-{name}.txt"
+        try:
+            bodies = self.bodies[name]["path"]
+            self.wait_for_quiet(tag)
+            run_wrk(server.url, scenario, bodies, 3, self.out, tag + "-warmup", scenario.connections)
+            spy = str(procs.VENV_BIN / "py-spy")
+            common = ["record", "--pid", str(server.proc.pid), "--subprocesses", "--nonblocking", "--rate", "100"]
+            common += ["--duration", str(int(seconds))]
+            svg = procs.start([spy, *common, "-o", str(svg_path)], self.out / f"py-spy-{name}-svg.log")
+            raw = procs.start(
+                [spy, *common, "--function", "--format", "raw", "-o", str(raw_path)], self.out / f"py-spy-{name}-raw.log"
+            )
+            load = run_wrk(server.url, scenario, bodies, seconds + 3, self.out, tag, scenario.connections)
+            for proc in (svg, raw):
+                proc.wait(60)
+                procs.stop(proc, timeout=5)
+        finally:
+            server.stop()
+        if not raw_path.exists():
+            return {"error": f"py-spy wrote nothing: {procs.tail(self.out / f'py-spy-{name}-raw.log')}"}
+        summary = profile.summarize(raw_path.read_text())
+        summary["scenario"] = name
+        summary["files"] = [f"bench/out/{svg_path.name}", f"bench/out/{raw_path.name}"]
+        summary["load_events_per_s"] = load["ok_requests"] * scenario.events_per_request / load["seconds"]
+        summary["command"] = shlex.join(["py-spy", *common, "--function", "--format", "raw", "-o", f"bench/out/{raw_path.name}"])
+        return summary
+
+    # -- soak ------------------------------------------------------------------------------------
+    def run_soak(self, seconds: float) -> dict:
+        scenario = SCENARIOS["browser"]
+        tag = "soak-files-browser"
+        env, storage = self.proxy_env(SETS["files"][0], tag)
+        server = procs.Gunicorn(env, self.out / f"gunicorn-{tag}.log", WORKERS).start()
+        log(f"{tag}: {seconds:g}s of browser batches to Mixpanel + files, RSS sampled every 10 s")
+        samples: list[dict] = []
+        try:
+            bodies = self.bodies["browser"]["path"]
+            result = self.out / f"wrk-{tag}.json"
+            args = ["wrk", "-t2", f"-c{scenario.connections}", f"-d{int(seconds)}s", "--timeout", "30s", "--latency"]
+            args += ["-s", str(LUA), server.url + scenario.path]
+            env_wrk = {
+                "BENCH_BODIES": bodies,
+                "BENCH_PATH": scenario.path,
+                "BENCH_CONTENT_TYPE": scenario.content_type,
+                "BENCH_RESULT": str(result),
+            }
+            workers = server.worker_pids()
+            self.wait_for_quiet(tag)
+            busy_before = procs.machine_busy_seconds()
+            started = time.monotonic()
+            proc = procs.start(args, self.out / f"wrk-{tag}.txt", env=env_wrk)
+            next_sample = started + 10
+            while proc.poll() is None and time.monotonic() < started + seconds + 60:
+                time.sleep(max(0.0, min(1.0, next_sample - time.monotonic())))
+                if time.monotonic() >= next_sample:
+                    rss = {str(pid): procs.status_kb(pid, "VmRSS") for pid in workers}
+                    samples.append({"t": round(time.monotonic() - started), "rss_kb": rss})
+                    next_sample += 10
+            procs.stop(proc, timeout=5)
+            busy_percent = (
+                100 * (procs.machine_busy_seconds() - busy_before) / ((time.monotonic() - started) * (os.cpu_count() or 1))
+            )
+            wrk = json.loads(result.read_text())
+            if server.worker_pids() != workers:
+                log("  warning: the worker set changed during the soak (a worker restarted)")
+        finally:
+            server.stop()
+        objects, rows = count_files(storage["data_dir"])
+        shutil.rmtree(storage["data_dir"], ignore_errors=True)
+        return {
+            "seconds": seconds,
+            "samples": samples,
+            "workers": workers,
+            "events_per_s": (wrk["requests"] - wrk["status_errors"]) * scenario.events_per_request / (wrk["duration_us"] / 1e6),
+            "p99_ms": wrk["p99_us"] / 1000,
+            "errors": wrk["status_errors"] + wrk["timeouts"] + wrk["read_errors"] + wrk["connect_errors"],
+            "objects": objects,
+            "rows": rows,
+            "machine_busy_percent": round(busy_percent, 1),
+        }
+
+    def teardown(self) -> None:
+        if self.nginx:
+            self.nginx.stop()
+            if (self.nginx.prefix / "error.log").exists():
+                shutil.copy(self.nginx.prefix / "error.log", self.out / "nginx-error.log")
+        if self.moto:
+            procs.stop(self.moto, timeout=10)
+        procs.stop_all()
+        if not self.args.keep_work_dir:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+
+def machine() -> dict[str, str]:
+    def out(args: list[str]) -> str:
+        try:
+            done = subprocess.run(args, capture_output=True, text=True, timeout=10, cwd=ROOT)
+        except (OSError, subprocess.SubprocessError):
+            return "?"
+        return (done.stdout + done.stderr).strip().splitlines()[0] if (done.stdout + done.stderr).strip() else "?"
+
+    cpu = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    dirty = out(["git", "status", "--porcelain"]) != "?"
+    mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu,
+        "memory": f"{mem_kb / 1024 / 1024:.1f} GiB",
+        "kernel": platform.release(),
+        "os": out(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"]),
+        "python": out([str(procs.VENV_BIN / "python"), "-VV"]),
+        "gunicorn": out([str(procs.VENV_BIN / "gunicorn"), "--version"]),
+        "nginx": out(["nginx", "-v"]),
+        "wrk": out(["wrk", "-v"]).split(" Copyright")[0],
+        "commit": out(["git", "rev-parse", "--short", "HEAD"]) + (" + uncommitted changes" if dirty else ""),
+    }
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench/run.sh", description=__doc__)
+    parser.add_argument("--duration", type=float, default=20, help="measured seconds per run (default 20)")
+    parser.add_argument("--warmup", type=float, default=3, help="warm-up seconds before each run (default 3)")
+    parser.add_argument("--soak", type=float, default=0, help="also run the memory soak for this many seconds (e.g. 300)")
+    parser.add_argument(
+        "--skip-matrix", action="store_true", help="skip the scenario matrix, keeping its results from bench/results.json"
+    )
+    parser.add_argument("--profile-seconds", type=float, default=20, help="py-spy recording length (0 = no profile)")
+    parser.add_argument("--profile-scenarios", default="browser,single", help="scenarios to profile (Mixpanel + files)")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma list of " + ", ".join(SCENARIOS))
+    parser.add_argument("--sets", default=",".join(SETS), help="comma list of " + ", ".join(SETS))
+    parser.add_argument("--seed", type=int, default=20241129)
+    parser.add_argument("--render-only", action="store_true", help="only re-render RESULTS.md from bench/results.json")
+    parser.add_argument("--retries", type=int, default=1, help="repeat a run disturbed by other jobs this many times")
+    parser.add_argument(
+        "--quiet-wait", type=float, default=60, help="max seconds to wait before each run for the machine to be idle (default 60)"
+    )
+    parser.add_argument("--work-dir", default=None, help="parent of the scratch folder (default: the system temp dir)")
+    parser.add_argument("--keep-work-dir", action="store_true", help="keep the scratch space (written data) afterwards")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    os.chdir(ROOT)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    if args.render_only:
+        results = json.loads((BENCH / "results.json").read_text())
+        (BENCH / "RESULTS.md").write_text(report.render(results))
+        log("re-rendered bench/RESULTS.md from bench/results.json")
+        return 0
+    bench = Bench(args)
+    started = datetime.now(UTC)
+    previous = BENCH / "results.json"
+    results: dict[str, Any] = {
+        "command": shlex.join(["bench/run.sh", *argv]),
+        "date": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "settings": {
+            "duration": args.duration,
+            "warmup": args.warmup,
+            "workers": WORKERS,
+            "flush_seconds": FLUSH_SECONDS,
+            "sets": {k: SETS[k] for k in args.sets.split(",")},
+        },
+        "runs": [],
+    }
+    if args.skip_matrix and previous.exists():
+        # Keep the matrix from the last full run; the profile and soak record their own command and date.
+        results = json.loads(previous.read_text())
+    stamp = {"command": shlex.join(["bench/run.sh", *argv]), "date": started.strftime("%Y-%m-%d %H:%M UTC")}
+    try:
+        bench.setup()
+        results["bodies"] = {k: {kk: vv for kk, vv in v.items() if kk != "path"} for k, v in bench.bodies.items()}
+        results["scenarios"] = {k: vars(v) | {"authorization": bool(v.authorization)} for k, v in SCENARIOS.items()}
+        if not args.skip_matrix:
+            for name in args.scenarios.split(","):
+                scenario = SCENARIOS[name]
+                results["runs"].append(bench.clean_run(lambda s=scenario: bench.run_passthrough(s)))
+                for set_key in args.sets.split(","):
+                    results["runs"].append(bench.clean_run(lambda k=set_key, s=scenario: bench.run_proxy(k, s)))
+        if args.profile_seconds > 0:
+            results.pop("profile", None)
+            run_stamp = {"run_command": stamp["command"], "date": stamp["date"]}
+            results["profiles"] = {name: bench.run_profile(name) | run_stamp for name in args.profile_scenarios.split(",")}
+        if args.soak > 0:
+            results["soak"] = bench.run_soak(args.soak) | stamp
+    except KeyboardInterrupt as exc:
+        log(f"interrupted ({exc}); stopping everything")
+        return 130
+    finally:
+        bench.teardown()
+    minutes = round((datetime.now(UTC) - started).total_seconds() / 60, 1)
+    if args.skip_matrix:
+        results["extra_wall_minutes"] = minutes
+    else:
+        results["finished"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        results["wall_minutes"] = minutes
+    previous.write_text(json.dumps(results, indent=1, default=str))
+    (BENCH / "RESULTS.md").write_text(report.render(results))
+    log(f"wrote bench/RESULTS.md and bench/results.json in {minutes} min")
+    return 0

@@ -1,0 +1,55 @@
+-- wrk script: POST bodies read from a file (one body per line), cycled per connection thread.
+-- Environment: BENCH_BODIES (file), BENCH_PATH, BENCH_CONTENT_TYPE, BENCH_AUTH (optional
+-- Authorization header), BENCH_RESULT (JSON summary written by done()).
+
+local bodies = {}
+local index = 0
+local path = os.getenv("BENCH_PATH") or "/"
+local headers = { ["Content-Type"] = os.getenv("BENCH_CONTENT_TYPE") or "application/x-www-form-urlencoded" }
+local auth = os.getenv("BENCH_AUTH")
+if auth and auth ~= "" then
+  headers["Authorization"] = auth
+end
+headers["X-Forwarded-For"] = "203.0.113.7"
+
+local counter = 0
+function setup(thread)
+  counter = counter + 1
+  thread:set("offset", counter * 7919)
+end
+
+function init(args)
+  local file = assert(io.open(os.getenv("BENCH_BODIES"), "rb"))
+  for line in file:lines() do
+    if #line > 0 then
+      bodies[#bodies + 1] = line
+    end
+  end
+  file:close()
+  index = (offset or 0) % #bodies
+end
+
+function request()
+  index = index % #bodies + 1
+  return wrk.format("POST", path, headers, bodies[index])
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  local out = string.format(
+    '{"requests":%d,"duration_us":%d,"bytes":%d,"connect_errors":%d,"read_errors":%d,'
+      .. '"write_errors":%d,"status_errors":%d,"timeouts":%d,"p50_us":%d,"p90_us":%d,'
+      .. '"p99_us":%d,"p999_us":%d,"max_us":%d,"mean_us":%.1f}\n',
+    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status,
+    e.timeout, latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency:percentile(99.9), latency.max, latency.mean
+  )
+  local target = os.getenv("BENCH_RESULT")
+  if target and target ~= "" then
+    local f = assert(io.open(target, "w"))
+    f:write(out)
+    f:close()
+  else
+    io.write(out)
+  end
+end
