@@ -37,7 +37,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         row_transformer=RowTransformer.from_settings(settings),
         transformer=Transformer.from_settings(settings),
         library=LibraryCache(settings.mixpanel_cdn_url, settings.mixpanel_lib_dir),
-        upstream=MixpanelClient(settings.mixpanel_api_host, settings.mixpanel_timeout_seconds),
+        upstream=MixpanelClient(settings.mixpanel_api_host, settings.mixpanel_timeout_seconds, settings.outbound_proxies),
     )
     app.extensions["mpproxy"] = rt
     init_cors(app, settings.frontend_url)

@@ -18,7 +18,7 @@ from azure.core import exceptions as ax
 from azure.storage.blob import BlobServiceClient, ContentSettings
 
 from destinations.base import PermanentError, TransientError
-from destinations.lake import LakeConfig, LakeWriter
+from destinations.lake import LakeConfig, LakeSink, LakeWriter
 from proxy.settings import ConfigError, Settings
 
 CLIENT_OPTIONS = {"retry_total": 0, "connection_timeout": 5, "read_timeout": 60}  # the delivery layer owns retries
@@ -149,7 +149,7 @@ class AzureStore:
             client.close()
 
 
-class AzureSink:
+class AzureSink(LakeSink):
     """Row sink over the shared lake writer."""
 
     name = "azure"
@@ -158,16 +158,9 @@ class AzureSink:
         self.config = AzureConfig.from_settings(settings)
         self.writer = LakeWriter(AzureStore(self.config), LakeConfig.from_settings(settings))
 
-    def write_rows(self, table: str, rows: list[dict]) -> int:
-        self.writer.write(table, rows)
-        return len(rows)
-
     def setup(self) -> None:
         self.writer.store.ensure_container()
         self.writer.probe()
-
-    def drop(self, tables: list[str]) -> list[str]:
-        return self.writer.drop(tables)
 
     def health(self) -> dict[str, Any]:
         return {"container": self.config.container, "account": self.config.account or "from connection string"}

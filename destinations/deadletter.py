@@ -59,19 +59,25 @@ class DeadLetter:
             self._size = sum(p.stat().st_size for p in self.root.rglob("*.ndjson")) if self.root.is_dir() else 0
         return self._size
 
-    def put(self, destination: str, table: str, rows: list[Row], reason: str, attempts: int) -> Path:
-        line = {
+    def put(self, destination: str, table: str, rows: list[Any], reason: str, attempts: int, encoded: bool = False) -> Path:
+        """Spool one batch. `rows` are row dicts, or with `encoded` (hour, NDJSON line) pairs,
+        which are spooled as they are, without decoding them again."""
+        head = {
             "destination": destination,
             "table": table,
             "reason": reason,
             "attempts": attempts,
             "spooled_at": time.time(),
-            "rows": rows,
         }
-        try:
-            data = (json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
-        except (TypeError, ValueError, RecursionError):
-            data = (json.dumps(json_safe(line), ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        if encoded:
+            prefix = json.dumps(head, ensure_ascii=False, separators=(",", ":"))[:-1].encode()
+            data = prefix + b',"rows":[' + b",".join(line for _, line in rows) + b"]}\n"
+        else:
+            line = {**head, "rows": rows}
+            try:
+                data = (json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+            except (TypeError, ValueError, RecursionError):
+                data = (json.dumps(json_safe(line), ensure_ascii=False, separators=(",", ":")) + "\n").encode()
         with self._lock:
             if self._current_size() + len(data) > self.max_bytes:
                 raise DeadLetterFull(f"dead letter spool is over DEAD_LETTER_MAX_BYTES ({self.max_bytes})")

@@ -29,7 +29,7 @@ import gevent
 
 from destinations.base import PermanentError, TransientError, WriteResult, short_error
 from destinations.deadletter import DeadLetter, DeadLetterFull
-from destinations.rows import Row, RowBatch, dumps_row, to_rows
+from destinations.rows import Row, RowBatch, to_rows
 from destinations.schema import TableSchema
 from proxy import metrics
 from proxy.records import Ingest, Kind
@@ -46,6 +46,9 @@ class RowSink(Protocol):
 
     def write_rows(self, table: str, rows: list[Row]) -> int: ...
 
+    # Optional: `write_lines(table, lines: list[Line]) -> int` takes rows already encoded as
+    # NDJSON (see destinations.rows.RowBatch.lines); the delivery layer then buffers lines.
+
     def setup(self) -> None: ...
 
     def drop(self, tables: list[str]) -> list[str]: ...
@@ -58,8 +61,9 @@ class RowSink(Protocol):
 @dataclass(frozen=True)
 class DeliveryConfig:
     mode: str = "batch"
-    max_records: int = 5000
-    max_bytes: int = 8 * 1024 * 1024
+    # Large by default so that, for lakes, the timer decides: one object per interval, not per request.
+    max_records: int = 100_000
+    max_bytes: int = 32 * 1024 * 1024
     max_seconds: float = 10.0
     max_buffer_bytes: int = 64 * 1024 * 1024
     retry_max_attempts: int = 5
@@ -127,15 +131,16 @@ def deliver_with_retries(
 
 
 class _Buffer:
-    """Rows waiting for one destination, per table. Not thread-safe: the owner locks."""
+    """Rows waiting for one destination, per table: encoded lines for sinks that take them
+    (compact, encoded once per request), else row dicts. Not thread-safe: the owner locks."""
 
     def __init__(self) -> None:
-        self.tables: dict[str, list[Row]] = {}
+        self.tables: dict[str, list[Any]] = {}
         self.rows = 0
         self.bytes = 0
         self.oldest: float | None = None
 
-    def add(self, table: str, rows: list[Row], size: int, now: float) -> None:
+    def add(self, table: str, rows: list[Any], size: int, now: float) -> None:
         self.tables.setdefault(table, []).extend(rows)
         self.rows += len(rows)
         self.bytes += size
@@ -170,6 +175,8 @@ class RowDestination:
         self._flusher: threading.Thread | None = None
         self._setup_lock = threading.Lock()
         self._setup_done = False
+        # Sinks that take encoded NDJSON lines (the lakes) get rows encoded once per request.
+        self._encoded = callable(getattr(sink, "write_lines", None))
 
     # -- the Destination contract ------------------------------------------------------
     def write(self, ingest: Ingest) -> WriteResult:
@@ -217,7 +224,8 @@ class RowDestination:
         inserted = failed = 0
         errors: list[str] = []
         deadline = started + self.timeout * 0.8  # leave time to spool before dispatch() gives up on us
-        for table, rows in batch.tables.items():
+        for table in batch.tables:
+            rows = self._items(batch, table)
             written, error = self._deliver(table, rows, deadline)
             inserted += written
             if error:
@@ -232,12 +240,14 @@ class RowDestination:
     # -- batch --------------------------------------------------------------------------
     def _enqueue(self, batch: RowBatch, started: float) -> WriteResult:
         self._ensure_flusher()
-        spill: list[tuple[str, list[Row]]] = []
+        spill: list[tuple[str, list[Any]]] = []
         queued = 0
         now = self.clock()
+        sized = [
+            (table, self._items(batch, table), sum(len(line) + 1 for _, line in batch.lines(table))) for table in batch.tables
+        ]
         with self._lock:
-            for table, rows in batch.tables.items():
-                size = sum(len(dumps_row(r)) + 1 for r in rows)
+            for table, rows, size in sized:
                 if self._buffer.bytes + size > self.config.max_buffer_bytes:
                     spill.append((table, rows))
                     continue
@@ -251,7 +261,7 @@ class RowDestination:
             self._wake.set()
         for table, rows in spill:
             # The destination is not keeping up: spill rather than grow (raises DeadLetterFull -> 503).
-            self.dead_letter.put(self.name, table, rows, "buffer_full", 0)
+            self.dead_letter.put(self.name, table, rows, "buffer_full", 0, encoded=self._encoded)
             metrics.DEAD_LETTERED.labels(self.name, "buffer_full").inc(len(rows))
         duration = (time.monotonic() - started) * 1000
         return WriteResult(self.name, "queued", queued, 0, duration, "buffer full: spooled" if spill else None)
@@ -302,7 +312,10 @@ class RowDestination:
                     written += count
             return written
 
-    def _deliver(self, table: str, rows: list[Row], deadline: float | None = None) -> tuple[int, str | None]:
+    def _items(self, batch: RowBatch, table: str) -> list[Any]:
+        return batch.lines(table) if self._encoded else batch.tables[table]
+
+    def _deliver(self, table: str, rows: list[Any], deadline: float | None = None) -> tuple[int, str | None]:
         """Write with retries; on failure dead-letter. Raises DeadLetterFull if even that fails.
         A draining flush (with a deadline) keeps retrying until the deadline; otherwise
         stopping cuts the retries short so shutdown is not held up by a dead destination."""
@@ -311,7 +324,7 @@ class RowDestination:
 
         def write() -> int:
             self.setup()  # single-flight, once per process; a failure here is retried like a write
-            return self.sink.write_rows(table, rows)
+            return self.sink.write_lines(table, rows) if self._encoded else self.sink.write_rows(table, rows)
 
         written, error, attempts = deliver_with_retries(self.name, write, self.config, stop, deadline, self.timeout)
         metrics.FLUSH_SECONDS.labels(self.name).observe(time.monotonic() - started)
@@ -324,7 +337,7 @@ class RowDestination:
         log.warning(
             "%s: %d rows to %s failed after %d attempts (%s); dead-lettering", self.name, len(rows), table, attempts, error
         )
-        self.dead_letter.put(self.name, table, rows, error, attempts)
+        self.dead_letter.put(self.name, table, rows, error, attempts, encoded=self._encoded)
         metrics.DEAD_LETTERED.labels(self.name, reason).inc(len(rows))
         return 0, error
 

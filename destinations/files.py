@@ -13,7 +13,7 @@ import secrets
 from pathlib import Path
 
 from destinations.base import PermanentError, TransientError
-from destinations.lake import LakeConfig, LakeWriter
+from destinations.lake import LakeConfig, LakeSink, LakeWriter
 from proxy.settings import Settings
 
 
@@ -67,7 +67,7 @@ class LocalStore:
         return sorted(str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
-class FilesSink:
+class FilesSink(LakeSink):
     """Row sink over the shared lake writer."""
 
     name = "files"
@@ -76,16 +76,9 @@ class FilesSink:
         self.data_dir = settings.data_dir
         self.writer = LakeWriter(LocalStore(settings.data_dir), LakeConfig.from_settings(settings))
 
-    def write_rows(self, table: str, rows: list[dict]) -> int:
-        self.writer.write(table, rows)
-        return len(rows)
-
     def setup(self) -> None:
         self.writer.store.ensure_container()
         self.writer.probe()
-
-    def drop(self, tables: list[str]) -> list[str]:
-        return self.writer.drop(tables)
 
     def health(self) -> dict:
         return {"data_dir": str(self.writer.store.root), "writable": os.access(self.writer.store.root, os.W_OK)}

@@ -26,7 +26,7 @@ from google.cloud import storage
 from google.oauth2 import service_account
 
 from destinations.base import PermanentError, TransientError
-from destinations.lake import LakeConfig, LakeWriter
+from destinations.lake import LakeConfig, LakeSink, LakeWriter
 from proxy.settings import ConfigError, Settings
 
 TIMEOUT = (5, 60)  # connect, read (seconds)
@@ -174,7 +174,7 @@ class GCSStore:
             client.close()
 
 
-class GCSSink:
+class GCSSink(LakeSink):
     """Row sink over the shared lake writer."""
 
     name = "gcs"
@@ -183,16 +183,9 @@ class GCSSink:
         self.config = GCSConfig.from_settings(settings)
         self.writer = LakeWriter(GCSStore(self.config), LakeConfig.from_settings(settings))
 
-    def write_rows(self, table: str, rows: list[dict]) -> int:
-        self.writer.write(table, rows)
-        return len(rows)
-
     def setup(self) -> None:
         self.writer.store.ensure_container()
         self.writer.probe()
-
-    def drop(self, tables: list[str]) -> list[str]:
-        return self.writer.drop(tables)
 
     def health(self) -> dict[str, Any]:
         return {"bucket": self.config.bucket, "endpoint": self.config.emulator_host or "gcs"}

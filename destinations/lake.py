@@ -19,7 +19,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from destinations.rows import Row, dumps_row
+from gevent import monkey
+from gevent.hub import get_hub
+
+from destinations.rows import Line, Row, dumps_row, hour_of
 
 CONTENT_TYPE = "application/x-ndjson"
 CONTENT_ENCODING = "gzip"
@@ -43,11 +46,16 @@ class ObjectStore(Protocol):
 class LakeConfig:
     prefix: str = ""
     max_object_bytes: int = 64 * 1024 * 1024
+    gzip_level: int = 6
 
     @classmethod
     def from_settings(cls, settings) -> LakeConfig:  # noqa: ANN001 - avoid a cycle with proxy.settings typing
         prefix = (settings.get("lake_prefix") or "").strip("/")
-        return cls(prefix=prefix, max_object_bytes=settings.get_int("lake_max_object_bytes", 64 * 1024 * 1024, 1024))
+        return cls(
+            prefix=prefix,
+            max_object_bytes=settings.get_int("lake_max_object_bytes", 64 * 1024 * 1024, 1024),
+            gzip_level=min(9, settings.get_int("lake_gzip_level", 6, 1)),
+        )
 
 
 def table_prefix(config: LakeConfig, table: str) -> str:
@@ -60,36 +68,56 @@ def object_key(config: LakeConfig, table: str, partition: str, now: float) -> st
     return f"{table_prefix(config, table)}{partition}/{stamp}-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}.json.gz"
 
 
-def _partition(row: Row) -> str:
-    stamp = row.get("insert_time") or ""
-    # insert_time is always our own RFC 3339 UTC string: YYYY-MM-DDTHH:...
-    return f"dt={stamp[:10]}/hr={stamp[11:13]}"
+def _partition(hour: str) -> str:
+    # hour is our own insert hour, YYYY-MM-DDTHH
+    return f"dt={hour[:10]}/hr={hour[11:13]}"
 
 
-def encode_objects(rows: Sequence[Row], max_object_bytes: int) -> list[tuple[str, bytes, int]]:
-    """Group rows by partition and encode them: [(partition, gzip bytes, row count)]."""
-    lines_by_partition: dict[str, list[str]] = {}
-    for row in rows:
-        lines_by_partition.setdefault(_partition(row), []).append(dumps_row(row))
+def encode_objects(lines: Sequence[Line], max_object_bytes: int, level: int = 6) -> list[tuple[str, bytes, int]]:
+    """Group encoded rows by partition and gzip them into objects: [(partition, bytes, row count)]."""
+    by_partition: dict[str, list[bytes]] = {}
+    for hour, line in lines:
+        by_partition.setdefault(hour, []).append(line)
     out: list[tuple[str, bytes, int]] = []
-    for partition, lines in lines_by_partition.items():
-        chunk: list[str] = []
+    for hour, chunk_lines in by_partition.items():
+        chunk: list[bytes] = []
         size = 0
-        for line in lines:
-            length = len(line.encode("utf-8")) + 1  # bytes, not characters: rows keep non-ASCII text
+        for line in chunk_lines:
+            length = len(line) + 1
             if chunk and size + length > max_object_bytes:
-                out.append((partition, _gzip(chunk), len(chunk)))
+                out.append((_partition(hour), _gzip(chunk, level), len(chunk)))
                 chunk, size = [], 0
             chunk.append(line)
             size += length
         if chunk:
-            out.append((partition, _gzip(chunk), len(chunk)))
+            out.append((_partition(hour), _gzip(chunk, level), len(chunk)))
     return out
 
 
-def _gzip(lines: list[str]) -> bytes:
-    # Level 6 is gzip's default; mtime=0 keeps identical input byte-identical.
-    return gzip.compress(("\n".join(lines) + "\n").encode("utf-8"), compresslevel=6, mtime=0)
+def _gzip(lines: list[bytes], level: int) -> bytes:
+    data = b"\n".join(lines) + b"\n"
+    # mtime=0 keeps identical input byte-identical. Under gevent, compress on the hub's
+    # thread pool: zlib releases the GIL, so requests keep flowing meanwhile.
+    if monkey.is_module_patched("threading"):
+        return get_hub().threadpool.apply(gzip.compress, (data,), {"compresslevel": level, "mtime": 0})
+    return gzip.compress(data, compresslevel=level, mtime=0)
+
+
+class LakeSink:
+    """What every lake destination shares: rows and encoded lines go through `self.writer`."""
+
+    name: str
+    writer: LakeWriter
+
+    def write_rows(self, table: str, rows: list[Row]) -> int:
+        return self.write_lines(table, [(hour_of(r), dumps_row(r).encode("utf-8")) for r in rows])
+
+    def write_lines(self, table: str, lines: list[Line]) -> int:
+        self.writer.write_lines(table, lines)
+        return len(lines)
+
+    def drop(self, tables: list[str]) -> list[str]:
+        return self.writer.drop(tables)
 
 
 class LakeWriter:
@@ -100,11 +128,15 @@ class LakeWriter:
 
     def write(self, table: str, rows: Sequence[Row]) -> list[str]:
         """Write rows as one or more objects; returns the keys written."""
-        if not rows:
+        return self.write_lines(table, [(hour_of(r), dumps_row(r).encode("utf-8")) for r in rows])
+
+    def write_lines(self, table: str, lines: Sequence[Line]) -> list[str]:
+        """Write encoded rows as one or more objects; returns the keys written."""
+        if not lines:
             return []
         now = self.clock()
         keys = []
-        for partition, data, _count in encode_objects(rows, self.config.max_object_bytes):
+        for partition, data, _count in encode_objects(lines, self.config.max_object_bytes, self.config.gzip_level):
             key = object_key(self.config, table, partition, now)
             self.store.put(key, data, CONTENT_TYPE, CONTENT_ENCODING)
             keys.append(key)

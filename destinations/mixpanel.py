@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 # Mixpanel's documented limits: 2000 records per request; /import also 10 MB uncompressed.
 MAX_RECORDS = 2000
 MAX_BYTES = {"import": 10 * 1000 * 1000 - 4096, "track": 1_000_000, "engage": 1_000_000, "groups": 1_000_000}
+# Level 1: upstream gzip is for the wire, and costs a third of level 6's CPU for ~10% more bytes.
+GZIP_LEVEL = 1
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 USER_AGENT = "mixpanel-dwh-proxy"
 
@@ -36,14 +38,23 @@ class MixpanelUnavailable(Exception):
     """Mixpanel could not be reached or kept failing until the deadline."""
 
 
+def _encode(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8")
+
+
 def chunks(items: Sequence[Any], endpoint: str) -> Iterator[tuple[int, bytes, int]]:
     """(offset, JSON array bytes, count) chunks within Mixpanel's count and size limits."""
     limit = MAX_BYTES.get(endpoint, 1_000_000)
+    if len(items) <= MAX_RECORDS:
+        whole = _encode(list(items))  # the common case: one C-encoder call for the whole batch
+        if len(whole) <= limit:
+            yield 0, whole, len(items)
+            return
     start = 0
     parts: list[bytes] = []
     size = 2
     for index, item in enumerate(items):
-        encoded = json.dumps(item, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8")
+        encoded = _encode(item)
         if parts and (len(parts) >= MAX_RECORDS or size + len(encoded) + 1 > limit):
             yield start, b"[" + b",".join(parts) + b"]", len(parts)
             start, parts, size = index, [], 2
@@ -56,9 +67,10 @@ def chunks(items: Sequence[Any], endpoint: str) -> Iterator[tuple[int, bytes, in
 class MixpanelClient:
     """One pooled HTTP session per process, created once (gevent-safe after monkey-patching)."""
 
-    def __init__(self, base_url: str, timeout: float) -> None:
+    def __init__(self, base_url: str, timeout: float, proxies: Mapping[str, str] | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.proxies = dict(proxies or {})
         self._session: requests.Session | None = None
         self._lock = threading.Lock()
 
@@ -72,6 +84,10 @@ class MixpanelClient:
                     session.mount("http://", adapter)
                     session.mount("https://", adapter)
                     session.headers["User-Agent"] = USER_AGENT
+                    # Proxy settings are resolved once (Settings.outbound_proxies), not per call:
+                    # requests' per-request environment lookups are a measurable hot spot.
+                    session.trust_env = False
+                    session.proxies.update(self.proxies)
                     self._session = session
         return self._session
 
@@ -152,7 +168,7 @@ class MixpanelDestination:
     name = "mixpanel"
 
     def __init__(self, settings: Settings) -> None:
-        self.client = MixpanelClient(settings.mixpanel_api_host, settings.mixpanel_timeout_seconds)
+        self.client = MixpanelClient(settings.mixpanel_api_host, settings.mixpanel_timeout_seconds, settings.outbound_proxies)
         # dispatch() gives us a little longer than our own deadline so we report, not get killed.
         self.timeout = settings.mixpanel_timeout_seconds + 2.0
 
@@ -170,7 +186,12 @@ class MixpanelDestination:
         try:
             for offset, body, count in chunks(items, ingest.endpoint):
                 response = self.client.request(
-                    "POST", f"/{ingest.endpoint}", params=params, data=gzip.compress(body, 6), headers=headers, deadline=deadline
+                    "POST",
+                    f"/{ingest.endpoint}",
+                    params=params,
+                    data=gzip.compress(body, GZIP_LEVEL),
+                    headers=headers,
+                    deadline=deadline,
                 )
                 replies.append((offset, response.status_code, count, _parse_reply(response)))
         except MixpanelUnavailable as exc:

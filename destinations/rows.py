@@ -14,7 +14,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from destinations.schema import Column, TableSchema
@@ -25,8 +25,11 @@ MS_THRESHOLD = 1e11  # above this a numeric time is milliseconds (year 5138 in s
 MIN_EPOCH = datetime(1, 1, 1, tzinfo=UTC).timestamp()
 MAX_EPOCH = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
 MAX_DEPTH = 100
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 Row = dict[str, Any]
+# A row encoded once: (its insert hour "YYYY-MM-DDTHH", its NDJSON line without the newline).
+Line = tuple[str, bytes]
 
 
 @dataclass
@@ -37,16 +40,35 @@ class RowBatch:
     dropped: Counter = field(default_factory=Counter)
     cast_failures: Counter = field(default_factory=Counter)
 
+    _lines: dict[str, list[Line]] = field(default_factory=dict, repr=False, compare=False)
+
     @property
     def row_count(self) -> int:
         return sum(len(r) for r in self.tables.values())
+
+    def lines(self, table: str) -> list[Line]:
+        """The table's rows as (hour, NDJSON line) pairs, encoded once per request however
+        many destinations write them."""
+        if table not in self._lines:
+            self._lines[table] = [(hour_of(row), dumps_row(row).encode("utf-8")) for row in self.tables[table]]
+        return self._lines[table]
 
 
 # --- value helpers ----------------------------------------------------------------------
 
 
 def format_timestamp(epoch_seconds: float) -> str:
-    return datetime.fromtimestamp(epoch_seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """RFC 3339 UTC with microseconds. Hand-formatted: strftime is a hot spot here."""
+    moment = _EPOCH + timedelta(seconds=epoch_seconds)
+    return (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T"
+        f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}.{moment.microsecond:06d}Z"
+    )
+
+
+def hour_of(row: Row) -> str:
+    """The row's insert hour, `YYYY-MM-DDTHH`: lakes partition by it."""
+    return (row.get("insert_time") or "")[:13]
 
 
 def parse_time(value: Any) -> float | None:
@@ -197,7 +219,7 @@ def insert_id(payload: dict, properties: dict) -> str:
     return digest[:32]
 
 
-def event_row(record: Record, table: TableSchema, batch: RowBatch) -> Row:
+def event_row(record: Record, table: TableSchema, batch: RowBatch, insert_time: str) -> Row:
     payload = record.payload
     properties = payload.get("properties")
     properties = dict(properties) if isinstance(properties, dict) else ({} if properties is None else {"properties": properties})
@@ -209,7 +231,7 @@ def event_row(record: Record, table: TableSchema, batch: RowBatch) -> Row:
     row: Row = {
         "event": text(payload.get("event")),
         "event_time": format_timestamp(record.received_at if seconds is None else seconds),
-        "insert_time": format_timestamp(record.received_at),
+        "insert_time": insert_time,
         "token": text(properties.get("token")),
         "device_id": text(properties.get("$device_id")),
         "insert_id": insert_id(payload, properties),
@@ -221,7 +243,7 @@ def event_row(record: Record, table: TableSchema, batch: RowBatch) -> Row:
     return row
 
 
-def profile_rows(record: Record, table: TableSchema, batch: RowBatch) -> list[Row]:
+def profile_rows(record: Record, table: TableSchema, batch: RowBatch, insert_time: str) -> list[Row]:
     payload = record.payload
     operations = [op for op in PROFILE_OPERATIONS if op in payload]
     if not operations:
@@ -234,7 +256,6 @@ def profile_rows(record: Record, table: TableSchema, batch: RowBatch) -> list[Ro
     else:
         common["group_key"] = text(payload.get("$group_key"))
         common["group_id"] = text(payload.get("$group_id"))
-    insert_time = format_timestamp(record.received_at)
     rows = []
     for op in operations:
         value = payload[op]
@@ -246,16 +267,19 @@ def profile_rows(record: Record, table: TableSchema, batch: RowBatch) -> list[Ro
 
 def to_rows(records: Iterable[Record], schemas: dict[Kind, TableSchema]) -> RowBatch:
     batch = RowBatch()
+    received_at, insert_time = None, ""
     for record in records:
         table = schemas[record.kind]
         if not isinstance(record.payload, dict):
             batch.dropped["not_an_object"] += 1
             continue
+        if record.received_at != received_at:  # one request's records share it: format once
+            received_at, insert_time = record.received_at, format_timestamp(record.received_at)
         bucket = batch.tables.setdefault(table.name, [])
         if record.kind == "event":
-            bucket.append(event_row(record, table, batch))
+            bucket.append(event_row(record, table, batch, insert_time))
         else:
-            bucket.extend(profile_rows(record, table, batch))
+            bucket.extend(profile_rows(record, table, batch, insert_time))
     batch.tables = {name: rows for name, rows in batch.tables.items() if rows}
     return batch
 

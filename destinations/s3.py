@@ -20,7 +20,7 @@ from botocore import exceptions as bx
 from botocore.config import Config
 
 from destinations.base import PermanentError, TransientError
-from destinations.lake import LakeConfig, LakeWriter, table_prefix
+from destinations.lake import LakeConfig, LakeSink, LakeWriter, table_prefix
 from proxy.settings import Settings
 
 TRANSIENT_CODES = {
@@ -187,7 +187,7 @@ def classify_code(code: str, status: int, operation: str, bucket: str) -> Transi
     return PermanentError(f"s3 {operation} on bucket {bucket}: {code} (HTTP {status})")
 
 
-class S3Sink:
+class S3Sink(LakeSink):
     """Row sink over the shared lake writer."""
 
     name = "s3"
@@ -195,10 +195,6 @@ class S3Sink:
     def __init__(self, settings: Settings) -> None:
         self.config = S3Config.from_settings(settings)
         self.writer = LakeWriter(S3Store(self.config), LakeConfig.from_settings(settings))
-
-    def write_rows(self, table: str, rows: list[dict]) -> int:
-        self.writer.write(table, rows)
-        return len(rows)
 
     def setup(self) -> None:
         self.writer.store.ensure_container()

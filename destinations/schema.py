@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 
 from proxy.records import Kind
 from proxy.settings import ConfigError, Settings
@@ -61,11 +62,11 @@ class TableSchema:
     partition_by: str | None
     cluster_by: tuple[str, ...]
 
-    @property
+    @cached_property
     def column_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns)
 
-    @property
+    @cached_property
     def extra_columns(self) -> tuple[Column, ...]:
         return tuple(c for c in self.columns if c.source is not None)
 

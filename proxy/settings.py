@@ -193,6 +193,11 @@ class Settings:
         )
 
     @property
+    def outbound_proxies(self) -> dict[str, str]:
+        """HTTP(S)_PROXY for calls to Mixpanel and its CDN, read once."""
+        return {scheme: url for scheme in ("http", "https") if (url := self.get(f"{scheme}_proxy"))}
+
+    @property
     def table_names(self) -> dict[str, str]:
         """Record kind -> table name."""
         return {"event": self.events_table_name, "user": self.users_table_name, "group": self.groups_table_name}
