@@ -110,10 +110,15 @@ def deliver_with_retries(
     deadline = min(deadline or math.inf, started + config.retry_max_seconds)
     attempt = 0
     while True:
+        # An attempt never outlives the deadline: whoever set it must still have time to spool.
+        limit = min(attempt_timeout or math.inf, deadline - time.monotonic())
+        if limit <= 0:
+            return 0, "transient: no time left before the deadline", attempt
         attempt += 1
         try:
-            cutoff = TransientError(f"no answer within {attempt_timeout:g}s") if attempt_timeout else None
-            with gevent.Timeout(attempt_timeout, cutoff):
+            timeout = None if limit == math.inf else limit
+            cutoff = TransientError(f"no answer within {limit:.3g}s") if timeout else None
+            with gevent.Timeout(timeout, cutoff):
                 return write(), None, attempt
         except PermanentError as exc:
             return 0, f"permanent: {short_error(exc)}", attempt
@@ -168,7 +173,8 @@ class RowDestination:
         self.timeout = timeout
         self.clock = clock
         self._lock = threading.Lock()
-        self._flush_lock = threading.Lock()
+        # Chunks a flush is delivering right now, so a drain can spool them if it is stuck.
+        self._inflight: dict[int, tuple[str, list[Any]]] = {}
         self._buffer = _Buffer()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -210,12 +216,20 @@ class RowDestination:
         return info
 
     def close(self, timeout: float | None = None) -> None:
-        """Stop the flusher and drain: write what we can, spool the rest."""
-        deadline = time.monotonic() + (timeout if timeout is not None else self.config.retry_max_seconds)
+        """Stop the flusher and drain within `timeout`: write what we can, spool the rest.
+        A flusher stuck on a destination that does not answer gets half the time; the rows it
+        holds are then spooled (at least once: if it later succeeds, replay re-sends them)."""
+        budget = timeout if timeout is not None else self.config.retry_max_seconds
+        deadline = time.monotonic() + budget
         self._stop.set()
         self._wake.set()
         if self._flusher is not None:
-            self._flusher.join(timeout)
+            self._flusher.join(budget / 2)
+        with self._lock:
+            stuck = list(self._inflight.values())
+            self._inflight.clear()
+        for table, rows in stuck:
+            self._spool(table, rows, "transient: destination did not answer before shutdown", 0)
         self.flush(deadline=deadline)
         self.sink.close()
 
@@ -261,8 +275,7 @@ class RowDestination:
             self._wake.set()
         for table, rows in spill:
             # The destination is not keeping up: spill rather than grow (raises DeadLetterFull -> 503).
-            self.dead_letter.put(self.name, table, rows, "buffer_full", 0, encoded=self._encoded)
-            metrics.DEAD_LETTERED.labels(self.name, "buffer_full").inc(len(rows))
+            self._spool(table, rows, "buffer_full", 0)
         duration = (time.monotonic() - started) * 1000
         return WriteResult(self.name, "queued", queued, 0, duration, "buffer full: spooled" if spill else None)
 
@@ -300,22 +313,29 @@ class RowDestination:
 
     def flush(self, deadline: float | None = None) -> int:
         """Write everything buffered now (before `deadline`, else spool it). Returns rows written."""
-        with self._flush_lock:
-            with self._lock:
-                buffer, self._buffer = self._buffer, _Buffer()
-                self._publish_gauges()
-            written = 0
-            for table, rows in buffer.tables.items():
-                for start in range(0, len(rows), self.config.max_records):
-                    chunk = rows[start : start + self.config.max_records]
-                    count, _error = self._deliver(table, chunk, deadline)
-                    written += count
-            return written
+        with self._lock:
+            buffer, self._buffer = self._buffer, _Buffer()
+            self._publish_gauges()
+        written = 0
+        for table, rows in buffer.tables.items():
+            for start in range(0, len(rows), self.config.max_records):
+                chunk = rows[start : start + self.config.max_records]
+                with self._lock:
+                    self._inflight[id(chunk)] = (table, chunk)
+                try:
+                    count, _error = self._deliver(table, chunk, deadline, key=id(chunk))
+                finally:
+                    with self._lock:
+                        self._inflight.pop(id(chunk), None)
+                written += count
+        return written
 
     def _items(self, batch: RowBatch, table: str) -> list[Any]:
         return batch.lines(table) if self._encoded else batch.tables[table]
 
-    def _deliver(self, table: str, rows: list[Any], deadline: float | None = None) -> tuple[int, str | None]:
+    def _deliver(
+        self, table: str, rows: list[Any], deadline: float | None = None, key: int | None = None
+    ) -> tuple[int, str | None]:
         """Write with retries; on failure dead-letter. Raises DeadLetterFull if even that fails.
         A draining flush (with a deadline) keeps retrying until the deadline; otherwise
         stopping cuts the retries short so shutdown is not held up by a dead destination."""
@@ -333,13 +353,18 @@ class RowDestination:
             metrics.ROWS_OUT.labels(self.name).inc(written)
             return written, None
         metrics.FLUSHES.labels(self.name, "failed").inc()
-        reason = error.split(":", 1)[0]
         log.warning(
             "%s: %d rows to %s failed after %d attempts (%s); dead-lettering", self.name, len(rows), table, attempts, error
         )
-        self.dead_letter.put(self.name, table, rows, error, attempts, encoded=self._encoded)
-        metrics.DEAD_LETTERED.labels(self.name, reason).inc(len(rows))
+        with self._lock:
+            taken_over = key is not None and key not in self._inflight
+        if not taken_over:  # else a drain already spooled this chunk while we were stuck
+            self._spool(table, rows, error, attempts)
         return 0, error
+
+    def _spool(self, table: str, rows: list[Any], reason: str, attempts: int) -> None:
+        self.dead_letter.put(self.name, table, rows, reason, attempts, encoded=self._encoded)
+        metrics.DEAD_LETTERED.labels(self.name, reason.split(":", 1)[0]).inc(len(rows))
 
     def _count(self, batch: RowBatch, records: int) -> None:
         metrics.RECORDS_IN.labels(self.name).inc(records)

@@ -13,7 +13,7 @@ import secrets
 from pathlib import Path
 
 from destinations.base import PermanentError, TransientError
-from destinations.lake import LakeConfig, LakeSink, LakeWriter
+from destinations.lake import LakeConfig, LakeSink, LakeWriter, off_loop
 from proxy.settings import Settings
 
 
@@ -28,6 +28,10 @@ class LocalStore:
         return path
 
     def put(self, key: str, data: bytes, content_type: str, content_encoding: str | None) -> None:
+        # Disk writes and fsync block; gevent cannot switch away from them on its own.
+        off_loop(self._put, key, data)
+
+    def _put(self, key: str, data: bytes) -> None:
         path = self._path(key)
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
         try:

@@ -17,13 +17,14 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from gevent import monkey
 from gevent.hub import get_hub
 
 from destinations.rows import Line, Row, dumps_row, hour_of
 
+T = TypeVar("T")
 CONTENT_TYPE = "application/x-ndjson"
 CONTENT_ENCODING = "gzip"
 PROBE_PREFIX = "_proxy_probe/"
@@ -94,13 +95,17 @@ def encode_objects(lines: Sequence[Line], max_object_bytes: int, level: int = 6)
     return out
 
 
-def _gzip(lines: list[bytes], level: int) -> bytes:
-    data = b"\n".join(lines) + b"\n"
-    # mtime=0 keeps identical input byte-identical. Under gevent, compress on the hub's
-    # thread pool: zlib releases the GIL, so requests keep flowing meanwhile.
+def off_loop(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run blocking work (zlib, disk I/O) on gevent's thread pool when gevent drives this
+    process, so the event loop keeps serving requests meanwhile; else just call it."""
     if monkey.is_module_patched("threading"):
-        return get_hub().threadpool.apply(gzip.compress, (data,), {"compresslevel": level, "mtime": 0})
-    return gzip.compress(data, compresslevel=level, mtime=0)
+        return get_hub().threadpool.apply(function, args, kwargs)
+    return function(*args, **kwargs)
+
+
+def _gzip(lines: list[bytes], level: int) -> bytes:
+    # mtime=0 keeps identical input byte-identical; zlib releases the GIL on the pool.
+    return off_loop(gzip.compress, b"\n".join(lines) + b"\n", compresslevel=level, mtime=0)
 
 
 class LakeSink:
