@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,11 +23,13 @@ from typing import Any
 
 from bench import payloads, procs, profile, report
 from bench.payloads import SCENARIOS, Scenario
+from destinations.delivery import DeliveryConfig
 
 ROOT = procs.ROOT
 BENCH = ROOT / "bench"
 LUA = BENCH / "wrk" / "post.lua"
-FLUSH_SECONDS = 10.0  # BATCH_MAX_SECONDS default (destinations/delivery.py); the harness does not override it
+# BATCH_MAX_SECONDS default (destinations/delivery.py); the harness does not override it
+FLUSH_SECONDS = DeliveryConfig.max_seconds
 WORKERS = 2
 SETS: dict[str, tuple[str, str]] = {
     # key: (DESTINATIONS, title)
@@ -34,6 +37,24 @@ SETS: dict[str, tuple[str, str]] = {
     "files": ("mixpanel,files", "Mixpanel + files"),
     "s3": ("mixpanel,s3", "Mixpanel + S3 (moto)"),
     "all": ("mixpanel,files,s3", "everything available (Mixpanel + files + S3)"),
+}
+# --isolation: a destination that never answers (tests/support/faulty.py in mode `hang`) next to Mixpanel.
+FAULTY = "tests.support.faulty:make"
+ISOLATION: dict[str, dict[str, Any]] = {
+    # key: DESTINATIONS, extra environment, whether the reply must be a 2xx (preflight), title
+    "baseline": {"destinations": "mixpanel", "env": {}, "expect_ok": True, "title": "Mixpanel only (baseline)"},
+    "hang-batch": {
+        "destinations": f"mixpanel,{FAULTY}",
+        "env": {},
+        "expect_ok": True,
+        "title": "Mixpanel + faulty `hang`, batch delivery (default)",
+    },
+    "hang-sync": {
+        "destinations": f"mixpanel,{FAULTY}",
+        "env": {"DELIVERY": "sync", "DESTINATION_TIMEOUT_SECONDS": "1"},
+        "expect_ok": False,  # the reply is bounded by the 1 s deadline; whether it is a 200 is what we measure
+        "title": "Mixpanel + faulty `hang`, `DELIVERY=sync`, `DESTINATION_TIMEOUT_SECONDS=1`",
+    },
 }
 
 
@@ -44,7 +65,10 @@ def log(message: str) -> None:
 # --- wrk ------------------------------------------------------------------------------------
 
 
-def run_wrk(url: str, scenario: Scenario, bodies: str, seconds: float, out: Path, tag: str, connections: int) -> dict:
+def run_wrk(
+    url: str, scenario: Scenario, bodies: str, seconds: float, out: Path, tag: str, connections: int, statuses: bool = False
+) -> dict:
+    """One wrk run. `statuses`: also count every reply by HTTP status (a Lua `response()` hook, some wrk CPU)."""
     result = out / f"wrk-{tag}.json"
     result.unlink(missing_ok=True)
     args = [
@@ -65,6 +89,7 @@ def run_wrk(url: str, scenario: Scenario, bodies: str, seconds: float, out: Path
         "BENCH_CONTENT_TYPE": scenario.content_type,
         "BENCH_AUTH": scenario.authorization or "",
         "BENCH_RESULT": str(result),
+        "BENCH_STATUSES": "1" if statuses else "",
     }
     proc = procs.start(args, out / f"wrk-{tag}.txt", env=env)
     try:
@@ -80,24 +105,50 @@ def run_wrk(url: str, scenario: Scenario, bodies: str, seconds: float, out: Path
     return data
 
 
-def preflight(url: str, scenario: Scenario, bodies: str) -> dict:
-    """One request with urllib: the reply must be what the SDK needs (HTTP 200, status 1 / code 200)."""
+def preflight(url: str, scenario: Scenario, bodies: str, strict: bool = True) -> dict:
+    """One request with urllib: the reply must be what the SDK needs (HTTP 200, status 1 / code 200).
+    Not `strict`: record whatever came back (status, reply, seconds) instead of raising."""
     with open(bodies, "rb") as handle:
         body = handle.readline().rstrip(b"\n")
     headers = {"Content-Type": scenario.content_type, "X-Forwarded-For": "203.0.113.7"}
     if scenario.authorization:
         headers["Authorization"] = scenario.authorization
     request = urllib.request.Request(url + scenario.path, data=body, headers=headers, method="POST")
-    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - 127.0.0.1 only
-        status, text = response.status, response.read().decode("utf-8", "replace")
-    reply = json.loads(text)
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - 127.0.0.1 only
+            status, text = response.status, response.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        if strict:
+            raise
+        status, text = exc.code, exc.read().decode("utf-8", "replace")
+    seconds = round(time.monotonic() - started, 3)
+    try:
+        reply = json.loads(text)
+    except ValueError:
+        reply = {}
     ok = status == 200 and (reply.get("code") == 200 if scenario.name == "import" else reply.get("status") == 1)
-    if not ok:
+    if not ok and strict:
         raise RuntimeError(f"preflight {scenario.name} to {url}: HTTP {status} {text[:300]}")
-    return {"status": status, "reply": text[:160]}
+    return {"status": status, "reply": text[:160], "seconds": seconds, "ok": ok}
 
 
 # --- storage counting -------------------------------------------------------------------------
+
+
+def count_spool(spool: Path) -> tuple[int, dict[str, int], dict[str, int]]:
+    """Dead-lettered files, rows per destination and rows per reason: each `<spool>/<destination>/*.ndjson`
+    is one JSON line whose `rows` list holds the rows (temporary `.*.tmp` names are not counted)."""
+    files = 0
+    rows: dict[str, int] = {}
+    reasons: dict[str, int] = {}
+    for path in spool.rglob("*.ndjson") if spool.exists() else []:
+        line = json.loads(path.read_text())
+        files += 1
+        rows[line["destination"]] = rows.get(line["destination"], 0) + len(line["rows"])
+        reason = str(line.get("reason", "?"))[:80]
+        reasons[reason] = reasons.get(reason, 0) + len(line["rows"])
+    return files, rows, reasons
 
 
 def count_files(data_dir: Path) -> tuple[int, int]:
@@ -227,12 +278,14 @@ class Bench:
             )
         return waited
 
-    def measure(self, url: str, scenario: Scenario, tag: str, pids: Any = None) -> dict:
+    def measure(
+        self, url: str, scenario: Scenario, tag: str, pids: Any = None, statuses: bool = False, strict: bool = True
+    ) -> dict:
         bodies = self.bodies[scenario.name]["path"]
         connections = scenario.connections
         waited = self.wait_for_quiet(tag)
-        first = preflight(url, scenario, bodies)
-        warm = run_wrk(url, scenario, bodies, self.args.warmup, self.out, tag + "-warmup", connections)
+        first = preflight(url, scenario, bodies, strict)
+        warm = run_wrk(url, scenario, bodies, self.args.warmup, self.out, tag + "-warmup", connections, statuses)
         helpers = self.nginx.pids() + ([self.moto.pid] if self.moto else [])
         cpu_before = procs.cpu_seconds(pids()) if pids else None
         helpers_before, wrk_before, busy_before = (
@@ -240,7 +293,7 @@ class Bench:
             procs.children_cpu_seconds(),
             procs.machine_busy_seconds(),
         )
-        main = run_wrk(url, scenario, bodies, self.args.duration, self.out, tag, connections)
+        main = run_wrk(url, scenario, bodies, self.args.duration, self.out, tag, connections, statuses)
         cpu_after = procs.cpu_seconds(pids()) if pids else None
         helpers_cpu = procs.cpu_seconds(helpers) - helpers_before
         wrk_cpu = procs.children_cpu_seconds() - wrk_before
@@ -253,6 +306,8 @@ class Bench:
             "preflight": first,
             "wrk": main,
             "warmup_requests": warm["ok_requests"],
+            "warmup_statuses": warm.get("statuses"),
+            "warmup_requests_all": warm["requests"],
             "requests_per_s": main["ok_requests"] / main["seconds"],
             "events_per_s": events / main["seconds"],
             "events_measured": events,
@@ -331,12 +386,7 @@ class Bench:
             stores["files"] = count_files(storage["data_dir"])
         if "s3" in names:
             stores["s3"] = count_bucket(storage["endpoint"], storage["bucket"])
-        spooled = list(storage["spool"].rglob("*.ndjson")) if storage["spool"].exists() else []
-        result["spooled_files"] = len(spooled)
-        result["spooled_rows"] = {}
-        for path in spooled:
-            line = json.loads(path.read_text())
-            result["spooled_rows"][line["destination"]] = result["spooled_rows"].get(line["destination"], 0) + len(line["rows"])
+        result["spooled_files"], result["spooled_rows"], _reasons = count_spool(storage["spool"])
         if not stores:
             return
         result["objects"] = {k: v[0] for k, v in stores.items()}
@@ -366,6 +416,98 @@ class Bench:
             log(f"  other jobs used {machine['other_cpu_s']:.1f} CPU-s during {result['tag']}: repeating it")
         best["contaminated"] = best["machine"]["other_cpu_s"] > 0.10 * best["wrk"]["seconds"] * (os.cpu_count() or 1)
         return best
+
+    # -- isolation: a destination that never answers --------------------------------------------
+    def run_isolation(self, key: str) -> dict:
+        """Browser batches at 32 connections with tests/support/faulty.py hanging next to Mixpanel.
+        The control file says `hang` for the whole run, also while the proxy drains on SIGTERM;
+        it is switched back to `up` in a `finally`, so nothing is left waiting on it."""
+        case = ISOLATION[key]
+        scenario = SCENARIOS["browser"]
+        destinations = case["destinations"]
+        tag = f"isolation-{key}"
+        env, storage = self.proxy_env(destinations, tag)
+        env.update(case["env"])
+        faulty_root = self.work / "faulty" / tag
+        control: Path | None = None
+        if FAULTY in destinations.split(","):
+            shutil.rmtree(faulty_root, ignore_errors=True)
+            faulty_root.mkdir(parents=True)
+            control = faulty_root / "control"
+            control.write_text("hang\n")
+            env.update({"FAULTY_CONTROL": str(control), "FAULTY_DIR": str(faulty_root / "data")})
+        (self.out / f"gunicorn-{tag}.log").unlink(missing_ok=True)  # one attempt per log
+        server = procs.Gunicorn(env, self.out / f"gunicorn-{tag}.log", WORKERS)
+        extra = " ".join(f"{k}={v}" for k, v in case["env"].items())
+        log(f"{tag}: DESTINATIONS={destinations} {extra}, {scenario.connections} connections, {self.args.duration:g}s")
+        started = time.monotonic()
+        try:
+            server.start()
+            result = self.measure(server.url, scenario, tag, server.all_pids, statuses=True, strict=case["expect_ok"])
+            workers = server.worker_pids()
+            result["rss_peak_kb"] = {str(pid): procs.status_kb(pid, "VmHWM") for pid in workers}
+            result["gunicorn_command"] = shlex.join(server.command)
+            # What the proxy had dead-lettered by the end of the load, the destination still hanging.
+            files, rows, reasons = count_spool(storage["spool"])
+            result["spooled_during_load"] = {"files": files, "rows": rows, "reasons": reasons}
+            stopping = time.monotonic()
+            rc = server.stop()  # SIGTERM while it still hangs: the drain has to spool what is buffered
+            result["stop_seconds"] = round(time.monotonic() - stopping, 1)
+        finally:
+            if control is not None:
+                control.write_text("up\n")  # release any write still waiting on the control file
+            server.stop()  # no-op when already stopped
+        result["alive_seconds"] = time.monotonic() - started
+        result["set"] = key
+        result["title"] = case["title"]
+        result["destinations"] = destinations
+        result["extra_env"] = case["env"]
+        result["exit_code"] = rc
+        result["spooled_files"], result["spooled_rows"], result["spooled_reasons"] = count_spool(storage["spool"])
+        if control is not None:
+            result["faulty_landed"] = dict(zip(("objects", "rows"), count_files(faulty_root / "data"), strict=True))
+            shutil.rmtree(faulty_root, ignore_errors=True)
+        # Every request the proxy answered (any status): preflight + warm-up + measured window.
+        result["requests_answered"] = 1 + result["warmup_requests_all"] + result["wrk"]["requests"]
+        result["events_offered"] = result["requests_answered"] * scenario.events_per_request
+        if control is not None:
+            # Rows the faulty destination was handed that are neither written nor in the dead letter after the
+            # drain (requests still in flight when wrk stopped are not in `events_offered`: a lower bound).
+            landed = result["faulty_landed"]["rows"]
+            result["rows_unaccounted"] = result["events_offered"] - landed - result["spooled_rows"].get("faulty", 0)
+        w = result["wrk"]
+        result["replies_per_s"] = w["requests"] / w["seconds"]
+        result["max_ms"] = w["max_us"] / 1000
+        result["p999_ms"] = w["p999_us"] / 1000
+        log(
+            f"  {result['replies_per_s']:.1f} replies/s, {result['events_per_s']:.0f} events/s (2xx), p50 {result['p50_ms']:.1f}"
+            f" ms, p99 {result['p99_ms']:.1f} ms, max {result['max_ms']:.1f} ms, statuses {w.get('statuses')},"
+            f" dead-lettered {result['spooled_rows']} (during load {result['spooled_during_load']['rows']},"
+            f" reasons {result['spooled_reasons']}),"
+            f" unaccounted {result.get('rows_unaccounted')}, stop {result['stop_seconds']} s"
+        )
+        return result
+
+    def run_isolation_suite(self) -> dict:
+        from proxy.settings import Settings
+
+        defaults = DeliveryConfig()
+        runs = [self.clean_run(lambda k=key: self.run_isolation(k)) for key in ISOLATION]
+        return {
+            "scenario": "browser",
+            "connections": SCENARIOS["browser"].connections,
+            "duration": self.args.duration,
+            "warmup": self.args.warmup,
+            "workers": WORKERS,
+            "defaults": {
+                "DESTINATION_TIMEOUT_SECONDS": Settings().destination_timeout_seconds,
+                "RETRY_MAX_ATTEMPTS": defaults.retry_max_attempts,
+                "RETRY_MAX_SECONDS": defaults.retry_max_seconds,
+                "MAX_BUFFER_BYTES": defaults.max_buffer_bytes,
+                "BATCH_MAX_SECONDS": defaults.max_seconds,
+            },
+            "runs": runs,
+        }
 
     # -- profile -------------------------------------------------------------------------------
     def run_profile(self, name: str) -> dict:
@@ -506,6 +648,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--skip-matrix", action="store_true", help="skip the scenario matrix, keeping its results from bench/results.json"
     )
+    parser.add_argument(
+        "--isolation",
+        action="store_true",
+        help="also measure a destination that never answers (browser, 32 connections): Mixpanel only, + a hanging "
+        "destination in batch mode, and in sync mode with DESTINATION_TIMEOUT_SECONDS=1",
+    )
     parser.add_argument("--profile-seconds", type=float, default=20, help="py-spy recording length (0 = no profile)")
     parser.add_argument("--profile-scenarios", default="browser,single", help="scenarios to profile (Mixpanel + files)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma list of " + ", ".join(SCENARIOS))
@@ -548,6 +696,8 @@ def main(argv: list[str] | None = None) -> int:
             "warmup": args.warmup,
             "workers": WORKERS,
             "flush_seconds": FLUSH_SECONDS,
+            "batch_max_records": DeliveryConfig.max_records,
+            "batch_max_mib": DeliveryConfig.max_bytes / 2**20,
             "sets": {k: SETS[k] for k in args.sets.split(",")},
         },
         "runs": [],
@@ -566,6 +716,8 @@ def main(argv: list[str] | None = None) -> int:
                 results["runs"].append(bench.clean_run(lambda s=scenario: bench.run_passthrough(s)))
                 for set_key in args.sets.split(","):
                     results["runs"].append(bench.clean_run(lambda k=set_key, s=scenario: bench.run_proxy(k, s)))
+        if args.isolation:
+            results["isolation"] = bench.run_isolation_suite() | stamp
         if args.profile_seconds > 0:
             results.pop("profile", None)
             run_stamp = {"run_command": stamp["command"], "date": stamp["date"]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 SET_TITLES = {
@@ -68,6 +69,9 @@ def render(results: dict[str, Any]) -> str:
         if command and command != results.get("command"):
             w(f"- **{label} re-run separately:** `{command}` ({part.get('date')})")
             break
+    isolation = results.get("isolation") or {}
+    if isolation.get("command") and isolation["command"] != results.get("command"):
+        w(f"- **Isolation run separately:** `{isolation['command']}` ({isolation.get('date')})")
     w(
         f"- **Machine:** {machine.get('nproc')} CPUs ({machine.get('cpu')}), {machine.get('memory')} RAM, "
         f"{machine.get('os')}, Linux {machine.get('kernel')}"
@@ -80,7 +84,8 @@ def render(results: dict[str, Any]) -> str:
         f"- **Proxy:** `.venv/bin/gunicorn -c gunicorn.conf.py -w {settings.get('workers', 2)} -b 127.0.0.1:PORT app:app` "
         "(gevent workers), "
         "`LOG_LEVEL=WARNING`, `MIXPANEL_API_HOST` = the nginx Mixpanel double, delivery defaults (batch mode, "
-        f"`BATCH_MAX_SECONDS` {settings.get('flush_seconds', 10):g} s, 5,000 rows, 8 MB)."
+        f"`BATCH_MAX_SECONDS` {settings.get('flush_seconds', 10):g} s, "
+        f"{settings.get('batch_max_records', 100_000):,} rows, {settings.get('batch_max_mib', 32):g} MiB)."
     )
     w(
         f"- **Load:** wrk 2 threads, {settings.get('warmup', 0):g} s warm-up then "
@@ -189,6 +194,9 @@ def render(results: dict[str, Any]) -> str:
             )
         w("")
 
+    if isolation.get("runs"):
+        out.extend(render_isolation(isolation, runs))
+
     w("## Targets\n")
     head = next((r for r in runs if r.get("set") == "files" and r.get("scenario") == "browser" and "unavailable" not in r), None)
     pt = base.get("browser")
@@ -204,9 +212,15 @@ def render(results: dict[str, Any]) -> str:
     soak = results.get("soak") or {}
     growth = soak_growth(soak)
     if growth is not None:
-        w(f"| RSS growth minute 1 → minute 5 < 10% (soak) | {growth:+.1f}% (largest worker) | {_verdict(growth < 10)} |")
+        peak = soak_growth(soak, peak=True)
+        w(
+            f"| RSS growth minute 1 → minute 5 < 10% (soak) | median {growth:+.1f}%, peak {peak:+.1f}% (largest worker) "
+            f"| {_verdict(growth < 10 and peak < 10)} |"
+        )
     else:
         w("| RSS growth minute 1 → minute 5 < 10% (soak) | soak not run (`--soak 300`) | – |")
+    for row in isolation_targets(isolation):
+        w(row)
     lake_runs = [(r, s, n) for r in stored for s, n in r["objects"].items()]
     if lake_runs:
         worst = max(lake_runs, key=lambda x: x[2] / max(1, x[0].get("object_budget") or 1))
@@ -269,7 +283,11 @@ def render(results: dict[str, Any]) -> str:
         w("|---:|" + "---:|" * len(workers))
         for sample in soak["samples"]:
             w(f"| {sample['t']} | " + " | ".join(_num((sample["rss_kb"].get(pid) or 0) / 1024, 1) for pid in workers) + " |")
-        w(f"\nGrowth between minute 1 and the end: {growth:+.1f}% (largest of the workers).\n")
+        w(
+            f"\nGrowth from minute 1 to the last minute, median of each minute's samples: {growth:+.1f}%; "
+            f"of each minute's peak: {soak_growth(soak, peak=True):+.1f}% (largest of the workers). The peaks are "
+            "flushes, which briefly hold one batch (up to `BATCH_MAX_BYTES`) while it is compressed.\n"
+        )
     else:
         w("Not run in this invocation: `bench/run.sh --soak 300`.\n")
 
@@ -286,15 +304,226 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def soak_growth(soak: dict) -> float | None:
+def soak_growth(soak: dict, peak: bool = False) -> float | None:
+    """RSS growth from minute 1 to the last minute, per worker (the largest is reported).
+    Compares the median of each minute's samples: a flush briefly holds one batch (up to
+    BATCH_MAX_BYTES) and single samples land on or off those spikes. `peak` compares the
+    highest sample of each minute instead."""
     samples = soak.get("samples") or []
     if len(samples) < 2:
         return None
-    first = min(samples, key=lambda s: abs(s["t"] - 60))
-    last = samples[-1]
+    end_t = samples[-1]["t"]
+    first = [s for s in samples if s["t"] <= 60]
+    last = [s for s in samples if s["t"] > end_t - 60]
+    pick = max if peak else statistics.median
     growths = []
-    for pid, start in first["rss_kb"].items():
-        end = last["rss_kb"].get(pid)
+    for pid in samples[0]["rss_kb"]:
+        start = [s["rss_kb"][pid] for s in first if s["rss_kb"].get(pid)]
+        end = [s["rss_kb"][pid] for s in last if s["rss_kb"].get(pid)]
         if start and end:
-            growths.append((end - start) / start * 100)
+            growths.append((pick(end) - pick(start)) / pick(start) * 100)
     return max(growths) if growths else None
+
+
+# --- isolation: a destination that never answers ---------------------------------------------------
+
+
+ISOLATION_KEYS = ("baseline", "hang-batch", "hang-sync")  # (a), (b), (c): bench/harness.py ISOLATION
+
+
+def _statuses(run: dict) -> str:
+    statuses = run["wrk"].get("statuses") or {}
+    if not statuses:
+        return "–"
+    return ", ".join(f"{code}: {n:,}" for code, n in sorted(statuses.items()))
+
+
+def _non_2xx(run: dict) -> int:
+    statuses = run["wrk"].get("statuses")
+    if statuses is None:
+        return run["wrk"]["status_errors"]
+    return sum(n for code, n in statuses.items() if not 200 <= int(code) < 300)
+
+
+def _rows(counts: dict | None) -> int:
+    return sum((counts or {}).values())
+
+
+def _deadline_s(run: dict, isolation: dict) -> float:
+    extra = run.get("extra_env") or {}
+    return float(extra.get("DESTINATION_TIMEOUT_SECONDS") or isolation["defaults"]["DESTINATION_TIMEOUT_SECONDS"])
+
+
+def _unaccounted(run: dict) -> int | None:
+    if "faulty" not in run.get("destinations", ""):
+        return None
+    if "rows_unaccounted" in run:
+        return run["rows_unaccounted"]
+    landed = (run.get("faulty_landed") or {}).get("rows", 0)
+    return run["events_offered"] - landed - (run.get("spooled_rows") or {}).get("faulty", 0)
+
+
+def render_isolation(iso: dict, matrix: list[dict] | None = None) -> list[str]:
+    runs = {r["set"]: r for r in iso["runs"]}
+    base = runs.get("baseline") or {}
+    defaults = iso.get("defaults") or {}
+    out: list[str] = []
+    w = out.append
+    w("## Isolation: a destination that never answers\n")
+    w(
+        f"`{iso.get('command')}` ({iso.get('date')}). Browser batches (50 events/request), {iso['connections']} "
+        f"connections, {iso['warmup']:g} s warm-up then {iso['duration']:g} s measured, a fresh gunicorn "
+        f"(`-w {iso['workers']}`, gevent) per run, the same Mixpanel double as above. The hanging destination is "
+        "`tests/support/faulty.py` (`DESTINATIONS=mixpanel,tests.support.faulty:make`, `FAULTY_CONTROL` = a file "
+        "containing `hang`): its write never returns until the file changes. It keeps hanging through the measured "
+        "window and the proxy's drain on SIGTERM, and is switched back to `up` only once the proxy has stopped. "
+        "Mixpanel forwarding is synchronous in all three runs (it is not a row destination, `DELIVERY` does not apply "
+        "to it). Defaults: `DESTINATION_TIMEOUT_SECONDS` "
+        f"{defaults.get('DESTINATION_TIMEOUT_SECONDS', 15):g} s per attempt, `RETRY_MAX_ATTEMPTS` "
+        f"{defaults.get('RETRY_MAX_ATTEMPTS', 5)}, `RETRY_MAX_SECONDS` {defaults.get('RETRY_MAX_SECONDS', 30):g} s, "
+        f"`MAX_BUFFER_BYTES` {defaults.get('MAX_BUFFER_BYTES', 64 << 20) / (1 << 20):g} MiB per worker.\n"
+    )
+    w(
+        "Replies/s counts every reply whatever its status; events/s only 2xx replies. Latencies are wrk's over the "
+        "measured window (every reply, any status); ratios are against (a). Statuses count every reply of the "
+        "measured window (a wrk `response()` hook). Rows dead-lettered: rows in `DEAD_LETTER_DIR/faulty/*.ndjson`, "
+        "counted when the load stopped (the destination still hanging) and again after the proxy drained and exited "
+        "(SIGTERM, gunicorn's default 30 s graceful timeout; stop s is how long that took); rows offered = 50 × every "
+        "request answered (preflight + warm-up + measured), so rows neither written nor dead-lettered (offered − "
+        "landed − dead-lettered; nothing landed, the destination hangs) is a lower bound.\n"
+    )
+    w(
+        "| run | replies/s | events/s (2xx) | p50 ms | p99 ms | max ms | p50 ÷ (a) | p99 ÷ (a) | replies by status "
+        "| non-2xx | socket errors / timeouts | rows offered | rows dead-lettered: end of load → after drain "
+        "| rows neither written nor dead-lettered | stop s |"
+    )
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---:|---:|---:|---:|")
+    for letter, key in zip("abc", ISOLATION_KEYS, strict=True):
+        r = runs.get(key)
+        if r is None:
+            continue
+        is_base = key == "baseline"
+        socket = sum(v for k, v in r["errors"].items() if k != "status_errors")
+        faulty = "faulty" in r.get("destinations", "")
+        spooled = (
+            f"{_rows((r.get('spooled_during_load') or {}).get('rows')):,} → {_rows(r.get('spooled_rows')):,}" if faulty else "–"
+        )
+        title = f"({letter}) {r.get('title', key)}" + (" ⚠" if r.get("contaminated") else "")
+        w(
+            f"| {title} | {_num(r['replies_per_s'], 1)} | {_num(r['events_per_s'])} | {_num(r['p50_ms'], 1)} "
+            f"| {_num(r['p99_ms'], 1)} | {_num(r['max_ms'], 1)} "
+            f"| {'1×' if is_base else _ratio(r['p50_ms'], base.get('p50_ms'), 1)} "
+            f"| {'1×' if is_base else _ratio(r['p99_ms'], base.get('p99_ms'), 1)} | {_statuses(r)} | {_non_2xx(r):,} "
+            f"| {socket} | {_num(r['events_offered']) if faulty else '–'} | {spooled} "
+            f"| {_num(_unaccounted(r))} | {r.get('stop_seconds', '–')} |"
+        )
+    w("")
+    reasons = [
+        f"({letter}) " + ", ".join(f"`{why}` {n:,}" for why, n in runs[key]["spooled_reasons"].items())
+        for letter, key in zip("abc", ISOLATION_KEYS, strict=True)
+        if (runs.get(key) or {}).get("spooled_reasons")
+    ]
+    if reasons:
+        w("Dead-letter reasons, rows after the drain: " + "; ".join(reasons) + ".\n")
+    w(isolation_summary(iso, matrix or []) + "\n")
+    return out
+
+
+def isolation_summary(iso: dict, matrix: list[dict]) -> str:
+    """Three sentences on what the numbers show, written from the numbers."""
+    runs = {r["set"]: r for r in iso["runs"]}
+    base, batch, sync = runs.get("baseline"), runs.get("hang-batch"), runs.get("hang-sync")
+    if not (base and batch and sync):
+        return ""
+    answered = batch["wrk"]["requests"]
+    sentences = [
+        f"**Batch (b):** the request only appends to the destination's buffer, so the hanging destination does not "
+        f"hold up the Mixpanel-path reply: p50 {batch['p50_ms']:.1f} ms and p99 {batch['p99_ms']:.1f} ms are "
+        f"{batch['p50_ms'] / base['p50_ms']:.1f}× and {batch['p99_ms'] / base['p99_ms']:.1f}× (a)'s, max "
+        f"{batch['max_ms']:.0f} ms, {answered - _non_2xx(batch):,} of {answered:,} replies 2xx"
+    ]
+    ref = {r["set"]: r for r in matrix if r.get("scenario") == "browser" and r.get("p50_ms")}
+    if "mixpanel" in ref and "files" in ref:
+        sentences[0] += (
+            ", about what any second destination costs on these CPUs (the matrix's Mixpanel + files: "
+            f"{ref['files']['p50_ms'] / ref['mixpanel']['p50_ms']:.1f}× and "
+            f"{ref['files']['p99_ms'] / ref['mixpanel']['p99_ms']:.1f}× Mixpanel only)"
+        )
+    sentences[0] += "."
+    lost = _unaccounted(batch) or 0
+    spooled = _rows(batch.get("spooled_rows"))
+    sentence = (
+        f"Of the {batch['events_offered']:,} rows it acknowledged for the destination, {spooled:,} reached the dead "
+        f"letter ({_rows((batch.get('spooled_during_load') or {}).get('rows')):,} of them while under load)"
+    )
+    if lost > 0:
+        sentence += (
+            f" and at least **{lost:,} were neither written nor dead-lettered** when the proxy was stopped with the "
+            f"destination still hanging (stopping took {batch.get('stop_seconds')} s"
+            + (", i.e. the drain ran into gunicorn's 30 s graceful timeout" if (batch.get("stop_seconds") or 0) >= 29 else "")
+            + "): acknowledged rows lost at shutdown."
+        )
+    else:
+        sentence += ", so none were lost although the destination never answered."
+    sentences.append(sentence)
+    deadline = _deadline_s(sync, iso)
+    non_2xx = _non_2xx(sync)
+    total = sync["wrk"]["requests"]
+    within = sync["max_ms"] <= deadline * 1000 * 1.1
+    dispatch_cut = "timed out after" in (sync.get("preflight") or {}).get("reply", "")
+    sentence = (
+        f"**Sync (c):** every request waits for the destination, so every reply takes the deadline: p50 "
+        f"{sync['p50_ms']:.0f} ms, max {sync['max_ms']:.0f} ms against `DESTINATION_TIMEOUT_SECONDS` = {deadline:g} s "
+        f"({'bounded by it, within 10%' if within else '**beyond it**'}), which holds 32 connections to "
+        f"{sync['replies_per_s']:.0f} replies/s"
+    )
+    if non_2xx:
+        sentence += (
+            f"; but {non_2xx:,} of {total:,} replies were non-2xx ({_statuses(sync)}) with "
+            f"{_rows(sync.get('spooled_rows')):,} rows dead-lettered"
+        )
+        if dispatch_cut:
+            sentence += (
+                " (the reply says `timed out after "
+                f"{deadline:g}s`: the request's deadline in `proxy/dispatch.py` fired before the delivery layer's own "
+                f"{deadline:g} s cut-off could spool the rows), so the SDK is told to retry a batch that Mixpanel "
+                "already accepted."
+            )
+        else:
+            sentence += "."
+    else:
+        sentence += f", all {total:,} replies 2xx and {_rows(sync.get('spooled_rows')):,} rows dead-lettered."
+    sentences.append(sentence)
+    return " ".join(sentences)
+
+
+def isolation_targets(iso: dict) -> list[str]:
+    runs = {r["set"]: r for r in (iso.get("runs") or [])}
+    base, batch, sync = runs.get("baseline"), runs.get("hang-batch"), runs.get("hang-sync")
+    rows: list[str] = []
+    if base and batch:
+        ok = batch["max_ms"] <= _deadline_s(batch, iso) * 1000 and not _non_2xx(batch)
+        rows.append(
+            f"| hanging destination, batch: Mixpanel-path reply not delayed beyond the deadline "
+            f"({_deadline_s(batch, iso):g} s), all 2xx | p99 {batch['p99_ms']:.1f} ms "
+            f"({batch['p99_ms'] / base['p99_ms']:.1f}× Mixpanel only), max {batch['max_ms']:.0f} ms, "
+            f"{_non_2xx(batch)} non-2xx | {_verdict(ok)} |"
+        )
+    if batch:
+        lost = _unaccounted(batch) or 0
+        rows.append(
+            "| … and every row acknowledged for it is written or dead-lettered, also when stopped while it hangs "
+            f"| {lost:,} of {batch['events_offered']:,} neither | {_verdict(lost <= 0)} |"
+        )
+    if sync:
+        deadline = _deadline_s(sync, iso)
+        bounded = sync["max_ms"] <= deadline * 1000 * 1.1
+        rows.append(
+            f"| hanging destination, sync: reply bounded by `DESTINATION_TIMEOUT_SECONDS` ({deadline:g} s, +10%) "
+            f"| max {sync['max_ms']:.0f} ms | {_verdict(bounded)} |"
+        )
+        rows.append(
+            f"| … and the SDK gets a 2xx (rows dead-lettered, not retried) | {_non_2xx(sync):,} of "
+            f"{sync['wrk']['requests']:,} replies non-2xx | {_verdict(not _non_2xx(sync))} |"
+        )
+    return rows

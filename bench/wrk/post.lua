@@ -1,6 +1,7 @@
 -- wrk script: POST bodies read from a file (one body per line), cycled per connection thread.
 -- Environment: BENCH_BODIES (file), BENCH_PATH, BENCH_CONTENT_TYPE, BENCH_AUTH (optional
--- Authorization header), BENCH_RESULT (JSON summary written by done()).
+-- Authorization header), BENCH_RESULT (JSON summary written by done()), BENCH_STATUSES=1
+-- (also count every reply by HTTP status: a response() hook, which costs wrk some CPU).
 
 local bodies = {}
 local index = 0
@@ -13,9 +14,19 @@ end
 headers["X-Forwarded-For"] = "203.0.113.7"
 
 local counter = 0
+local threads = {}
 function setup(thread)
   counter = counter + 1
   thread:set("offset", counter * 7919)
+  threads[#threads + 1] = thread
+end
+
+-- Per thread (a global, so done() can read it with thread:get); wrk only calls response() if it exists.
+statuses = {}
+if os.getenv("BENCH_STATUSES") == "1" then
+  function response(status, headers, body)
+    statuses[status] = (statuses[status] or 0) + 1
+  end
 end
 
 function init(args)
@@ -44,6 +55,20 @@ function done(summary, latency, requests)
     e.timeout, latency:percentile(50), latency:percentile(90), latency:percentile(99),
     latency:percentile(99.9), latency.max, latency.mean
   )
+  if os.getenv("BENCH_STATUSES") == "1" then
+    local total = {}
+    for _, thread in ipairs(threads) do
+      for status, n in pairs(thread:get("statuses") or {}) do
+        total[status] = (total[status] or 0) + n
+      end
+    end
+    local parts = {}
+    for status, n in pairs(total) do
+      parts[#parts + 1] = string.format('"%d":%d', status, n)
+    end
+    table.sort(parts)
+    out = out:sub(1, -3) .. ',"statuses":{' .. table.concat(parts, ",") .. "}}\n"
+  end
   local target = os.getenv("BENCH_RESULT")
   if target and target ~= "" then
     local f = assert(io.open(target, "w"))
