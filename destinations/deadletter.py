@@ -1,6 +1,7 @@
 """The dead letter: rows a destination could not take, kept until `replay` re-drives them.
 
-Reads: DEAD_LETTER_DIR (default `./spool`), DEAD_LETTER_MAX_BYTES (default 1 GiB).
+Reads: DEAD_LETTER_DIR (default `./spool`), DEAD_LETTER_MAX_BYTES (default 1 GiB), and
+PUBSUB_BAD_TOPIC, which sends failed batches to Pub/Sub instead (destinations/pubsub.py).
 Each failed batch is one NDJSON file `<dir>/<destination>/<stamp>-<host>-<pid>-<rand>.ndjson`
 whose single line holds destination, table, reason, attempts, spooled_at and rows.
 Files are written to a temporary name and renamed, so a reader never sees half a
@@ -43,6 +44,20 @@ class SpooledBatch:
     rows: list[Row]
 
 
+def encode_batch(destination: str, table: str, rows: list[Any], reason: str, attempts: int, encoded: bool) -> bytes:
+    """One dead-letter line: destination, table, reason, attempts, spooled_at and rows.
+    Encoded rows ((hour, NDJSON line) pairs) are embedded as they are, not decoded again."""
+    head = {"destination": destination, "table": table, "reason": reason, "attempts": attempts, "spooled_at": time.time()}
+    if encoded:
+        prefix = json.dumps(head, ensure_ascii=False, separators=(",", ":"))[:-1].encode()
+        return prefix + b',"rows":[' + b",".join(line for _, line in rows) + b"]}\n"
+    line = {**head, "rows": rows}
+    try:
+        return (json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+    except (TypeError, ValueError, RecursionError):
+        return (json.dumps(json_safe(line), ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+
+
 class DeadLetter:
     def __init__(self, directory: str, max_bytes: int = 1 << 30) -> None:
         self.root = Path(directory)
@@ -52,6 +67,11 @@ class DeadLetter:
 
     @classmethod
     def from_settings(cls, settings: Any) -> DeadLetter:
+        """The local spool, or with `pubsub_bad_topic` set, the topic (spooling when it fails)."""
+        if settings.get("pubsub_bad_topic"):
+            from destinations.pubsub import topic_dead_letter
+
+            return topic_dead_letter(settings)
         return cls(settings.get("dead_letter_dir", "./spool"), settings.get_int("dead_letter_max_bytes", 1 << 30, 1024))
 
     def _current_size(self) -> int:
@@ -60,24 +80,8 @@ class DeadLetter:
         return self._size
 
     def put(self, destination: str, table: str, rows: list[Any], reason: str, attempts: int, encoded: bool = False) -> Path:
-        """Spool one batch. `rows` are row dicts, or with `encoded` (hour, NDJSON line) pairs,
-        which are spooled as they are, without decoding them again."""
-        head = {
-            "destination": destination,
-            "table": table,
-            "reason": reason,
-            "attempts": attempts,
-            "spooled_at": time.time(),
-        }
-        if encoded:
-            prefix = json.dumps(head, ensure_ascii=False, separators=(",", ":"))[:-1].encode()
-            data = prefix + b',"rows":[' + b",".join(line for _, line in rows) + b"]}\n"
-        else:
-            line = {**head, "rows": rows}
-            try:
-                data = (json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
-            except (TypeError, ValueError, RecursionError):
-                data = (json.dumps(json_safe(line), ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        """Spool one batch. `rows` are row dicts, or with `encoded` (hour, NDJSON line) pairs."""
+        data = encode_batch(destination, table, rows, reason, attempts, encoded)
         with self._lock:
             if self._current_size() + len(data) > self.max_bytes:
                 raise DeadLetterFull(f"dead letter spool is over DEAD_LETTER_MAX_BYTES ({self.max_bytes})")
