@@ -8,7 +8,6 @@ applies if the optional `azure-identity` package is installed.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from typing import Any
 from azure.core import exceptions as ax
 from azure.storage.blob import BlobServiceClient, ContentSettings
 
-from destinations.base import PermanentError, TransientError
+from destinations.base import LazyClient, PermanentError, TransientError
 from destinations.lake import LakeConfig, LakeSink, LakeWriter
 from proxy.settings import ConfigError, Settings
 
@@ -57,17 +56,12 @@ class AzureStore:
     def __init__(self, config: AzureConfig) -> None:
         self.config = config
         self.container = config.container
-        self._client: Any = None
-        self._lock = threading.Lock()
+        self._client = LazyClient(self._make_client)
 
     def client(self) -> Any:
         """The container client, made once per process."""
-        if self._client is None:
-            with self._lock:
-                if self._client is None:
-                    with self._errors("connect"):
-                        self._client = self._make_client()
-        return self._client
+        with self._errors("connect"):
+            return self._client.get()
 
     def _make_client(self) -> Any:
         c = self.config
@@ -143,10 +137,7 @@ class AzureStore:
             return list(self.client().list_blob_names(name_starts_with=prefix))
 
     def close(self) -> None:
-        with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
+        self._client.close()
 
 
 class AzureSink(LakeSink):
@@ -158,12 +149,5 @@ class AzureSink(LakeSink):
         self.config = AzureConfig.from_settings(settings)
         self.writer = LakeWriter(AzureStore(self.config), LakeConfig.from_settings(settings))
 
-    def setup(self) -> None:
-        self.writer.store.ensure_container()
-        self.writer.probe()
-
     def health(self) -> dict[str, Any]:
         return {"container": self.config.container, "account": self.config.account or "from connection string"}
-
-    def close(self) -> None:
-        self.writer.store.close()

@@ -8,8 +8,10 @@ decides what to do about either.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
 from proxy.records import Ingest
 
@@ -81,6 +83,34 @@ class Destination(Protocol):
 
     def close(self) -> None:
         """Flush and release clients."""
+
+
+T = TypeVar("T")
+
+
+class LazyClient(Generic[T]):
+    """An SDK client made on first use, once per process (concurrent first uses wait for
+    one construction), and closed by `close()`."""
+
+    def __init__(self, factory: Callable[[], T]) -> None:
+        self._factory = factory
+        self._client: T | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> T:
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._factory()
+                client = self._client
+        return client
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None and callable(getattr(client, "close", None)):
+            client.close()
 
 
 def short_error(exc: BaseException, limit: int = 200) -> str:

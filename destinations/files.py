@@ -80,12 +80,5 @@ class FilesSink(LakeSink):
         self.data_dir = settings.data_dir
         self.writer = LakeWriter(LocalStore(settings.data_dir), LakeConfig.from_settings(settings))
 
-    def setup(self) -> None:
-        self.writer.store.ensure_container()
-        self.writer.probe()
-
     def health(self) -> dict:
         return {"data_dir": str(self.writer.store.root), "writable": os.access(self.writer.store.root, os.W_OK)}
-
-    def close(self) -> None:
-        pass

@@ -12,7 +12,6 @@ Objects are stored with `Content-Encoding: gzip`, so GCS may serve them decompre
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from google.oauth2 import service_account
 
-from destinations.base import PermanentError, TransientError
+from destinations.base import LazyClient, PermanentError, TransientError
 from destinations.lake import LakeConfig, LakeSink, LakeWriter
 from proxy.settings import ConfigError, Settings
 
@@ -68,16 +67,11 @@ class GCSStore:
     def __init__(self, config: GCSConfig) -> None:
         self.config = config
         self.bucket_name = config.bucket
-        self._client: Any = None
-        self._lock = threading.Lock()
+        self._client = LazyClient(self._make_client)
 
     def client(self) -> Any:
-        if self._client is None:
-            with self._lock:
-                if self._client is None:
-                    with self._errors("connect"):
-                        self._client = self._make_client()
-        return self._client
+        with self._errors("connect"):
+            return self._client.get()
 
     def _make_client(self) -> Any:
         c = self.config
@@ -168,10 +162,7 @@ class GCSStore:
             return [blob.name for blob in self.client().list_blobs(self.bucket_name, prefix=prefix, timeout=TIMEOUT)]
 
     def close(self) -> None:
-        with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
+        self._client.close()
 
 
 class GCSSink(LakeSink):
@@ -183,12 +174,5 @@ class GCSSink(LakeSink):
         self.config = GCSConfig.from_settings(settings)
         self.writer = LakeWriter(GCSStore(self.config), LakeConfig.from_settings(settings))
 
-    def setup(self) -> None:
-        self.writer.store.ensure_container()
-        self.writer.probe()
-
     def health(self) -> dict[str, Any]:
         return {"bucket": self.config.bucket, "endpoint": self.config.emulator_host or "gcs"}
-
-    def close(self) -> None:
-        self.writer.store.close()

@@ -124,6 +124,16 @@ class LakeSink:
     def drop(self, tables: list[str]) -> list[str]:
         return self.writer.drop(tables)
 
+    def setup(self) -> None:
+        """Create the bucket or container if missing, then prove write access."""
+        self.writer.store.ensure_container()
+        self.writer.probe()
+
+    def close(self) -> None:
+        close = getattr(self.writer.store, "close", None)
+        if close is not None:
+            close()
+
 
 class LakeWriter:
     def __init__(self, store: ObjectStore, config: LakeConfig, clock: Callable[[], float] = time.time) -> None:

@@ -15,12 +15,11 @@ instead, so nothing is lost either way.
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from destinations.base import short_error
+from destinations.base import LazyClient, short_error
 from destinations.deadletter import DeadLetter, encode_batch
 from proxy.settings import ConfigError, Settings
 
@@ -73,26 +72,21 @@ class Publisher:
 
     def __init__(self, config: PubSubConfig) -> None:
         self.config = config
-        self._client: Any = None
-        self._lock = threading.Lock()
+        self._client = LazyClient(self._make_client)
 
-    def client(self) -> Any:
-        if self._client is None:
-            with self._lock:
-                if self._client is None:
-                    from gevent import monkey
+    def _make_client(self) -> Any:
+        from gevent import monkey
 
-                    if monkey.is_module_patched("socket"):
-                        import grpc.experimental.gevent
+        if monkey.is_module_patched("socket"):
+            import grpc.experimental.gevent
 
-                        grpc.experimental.gevent.init_gevent()  # grpc must cooperate with gevent's loop
-                    from google.cloud import pubsub_v1
+            grpc.experimental.gevent.init_gevent()  # grpc must cooperate with gevent's loop
+        from google.cloud import pubsub_v1
 
-                    self._client = pubsub_v1.PublisherClient(credentials=_credentials(self.config))
-        return self._client
+        return pubsub_v1.PublisherClient(credentials=_credentials(self.config))
 
     def publish(self, data: bytes, attributes: dict[str, str]) -> None:
-        self.client().publish(self.config.topic, data, **attributes).result(timeout=PUBLISH_TIMEOUT)
+        self._client.get().publish(self.config.topic, data, **attributes).result(timeout=PUBLISH_TIMEOUT)
 
 
 class TopicDeadLetter(DeadLetter):

@@ -9,7 +9,6 @@ client uses path-style addressing, which S3-compatible stores expect.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ import boto3
 from botocore import exceptions as bx
 from botocore.config import Config
 
-from destinations.base import PermanentError, TransientError
+from destinations.base import LazyClient, PermanentError, TransientError
 from destinations.lake import LakeConfig, LakeSink, LakeWriter, table_prefix
 from proxy.settings import Settings
 
@@ -70,15 +69,10 @@ class S3Store:
     def __init__(self, config: S3Config) -> None:
         self.config = config
         self.bucket = config.bucket
-        self._client: Any = None
-        self._lock = threading.Lock()
+        self._client = LazyClient(self._make_client)
 
     def client(self) -> Any:
-        if self._client is None:
-            with self._lock:
-                if self._client is None:
-                    self._client = self._make_client()
-        return self._client
+        return self._client.get()
 
     def _make_client(self) -> Any:
         c = self.config
@@ -162,10 +156,7 @@ class S3Store:
         return keys
 
     def close(self) -> None:
-        with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
+        self._client.close()
 
 
 def classify(exc: Any, bucket: str) -> TransientError | PermanentError:
@@ -196,10 +187,6 @@ class S3Sink(LakeSink):
         self.config = S3Config.from_settings(settings)
         self.writer = LakeWriter(S3Store(self.config), LakeConfig.from_settings(settings))
 
-    def setup(self) -> None:
-        self.writer.store.ensure_container()
-        self.writer.probe()
-
     def drop(self, tables: list[str]) -> list[str]:
         # LakeWriter.drop deletes key by key; S3 deletes a thousand per call over the same exact prefixes.
         deleted: list[str] = []
@@ -211,6 +198,3 @@ class S3Sink(LakeSink):
 
     def health(self) -> dict[str, Any]:
         return {"bucket": self.config.bucket, "endpoint": self.config.endpoint_url or "aws"}
-
-    def close(self) -> None:
-        self.writer.store.close()
