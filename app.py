@@ -6,7 +6,7 @@ import atexit
 import logging
 import sys
 
-from flask import Flask, Response
+from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from destinations import build_destinations
@@ -55,8 +55,6 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.after_request
     def _count(response: Response) -> Response:
-        from flask import request
-
         endpoint = (request.url_rule.rule.strip("/").split("/")[0] if request.url_rule else "unmatched") or "root"
         metrics.REQUESTS.labels(endpoint, str(response.status_code)).inc()
         return response

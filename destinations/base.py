@@ -81,8 +81,8 @@ class Destination(Protocol):
     def health(self) -> dict[str, Any]:
         """Readiness, cheap enough for a health probe."""
 
-    def close(self) -> None:
-        """Flush and release clients."""
+    def close(self, timeout: float | None = None) -> None:
+        """Flush (within `timeout` seconds) and release clients."""
 
 
 T = TypeVar("T")

@@ -214,7 +214,7 @@ class MixpanelDestination:
     def health(self) -> dict[str, Any]:
         return {"api_host": self.client.base_url}
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
         self.client.close()
 
 

@@ -8,7 +8,6 @@ import time
 
 from flask import Response, request
 
-from destinations.deadletter import DeadLetterFull
 from proxy import payloads, replies
 from proxy.dispatch import dispatch
 from proxy.records import Ingest, client_ip, normalize
@@ -79,8 +78,5 @@ def handle(endpoint: str) -> Response:
         authorization=request.headers.get("Authorization"),
         upstream_params=tuple((k, v) for k, v in decoded.params.items() if k in allowed),
     )
-    try:
-        results = dispatch(ingest, rt.destinations)
-    except DeadLetterFull as exc:  # pragma: no cover - dispatch turns exceptions into results
-        return replies.error(str(exc), 503, decoded.verbose, endpoint)
+    results = dispatch(ingest, rt.destinations)  # never raises: failures are per-destination results
     return replies.ingest_reply(endpoint, len(records), results, decoded.verbose, decoded.legacy)

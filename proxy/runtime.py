@@ -57,10 +57,7 @@ class Runtime:
     def _drain(self, timeout: float | None) -> None:
         for destination in self.destinations:
             try:
-                if "timeout" in destination.close.__code__.co_varnames:
-                    destination.close(timeout=timeout)  # type: ignore[call-arg]
-                else:
-                    destination.close()
+                destination.close(timeout=timeout)
             except Exception:  # noqa: BLE001 - keep closing the others
                 log.exception("closing %s failed", destination.name)
         self.upstream.close()

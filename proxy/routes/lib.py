@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Response
+from flask import Response, request
 
 from proxy import replies
 from proxy.routes import bp
@@ -15,8 +15,6 @@ from proxy.staticlib import NotFound, Unavailable
 @bp.route("/<string:name>")
 @bp.route("/libs/<string:name>")
 def library(name: str | None = None) -> Response:
-    from flask import request
-
     name = name or request.path.rsplit("/", 1)[-1]
     try:
         asset = runtime().library.get(name)
