@@ -3,7 +3,7 @@
 Reads: AZURE_CONTAINER (required), AZURE_CONNECTION_STRING, or AZURE_ACCOUNT with
 AZURE_KEY, LAKE_PREFIX, LAKE_MAX_OBJECT_BYTES. With AZURE_ACCOUNT alone the standard
 chain (`DefaultAzureCredential`: environment, workload or managed identity, Azure CLI)
-applies if the optional `azure-identity` package is installed.
+applies (azure-identity, installed with the requirements).
 """
 
 from __future__ import annotations
