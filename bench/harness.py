@@ -223,7 +223,7 @@ class Bench:
                 [str(procs.VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], self.out / "moto.log"
             )
             self.moto_url = f"http://127.0.0.1:{port}"
-            procs.wait_until(lambda: procs.http_ok(self.moto_url + "/moto-api/"), 30, "moto_server")
+            procs.wait_until(lambda: procs.http_ok(self.moto_url + "/moto-api/"), 30, what="moto_server")
             log(f"moto_server on :{port}")
         return self.moto_url
 

@@ -10,37 +10,17 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import subprocess
-import time
 import urllib.request
 from collections.abc import Callable
-from contextlib import closing
 from pathlib import Path
+
+from tests.support.processes import free_port, wait_until  # noqa: F401 - shared with the test suite
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = ROOT / ".venv" / "bin"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 _started: list[subprocess.Popen] = []
-
-
-def free_port() -> int:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except Exception as exc:  # noqa: BLE001 - not ready yet
-            last = exc
-        time.sleep(0.1)
-    raise RuntimeError(f"{what} not ready after {timeout}s (last error: {last!r})")
 
 
 def http_ok(url: str) -> bool:
@@ -178,8 +158,8 @@ class Nginx:
             NGINX_CONF.format(prefix=self.prefix, mixpanel_port=self.mixpanel_port, passthrough_port=self.passthrough_port)
         )
         self.proc = start(["nginx", "-p", str(self.prefix), "-c", str(conf)], self.prefix / "stdout.log")
-        wait_until(lambda: http_ok(f"http://127.0.0.1:{self.mixpanel_port}/track?verbose=1"), 15, "nginx Mixpanel double")
-        wait_until(lambda: http_ok(f"http://127.0.0.1:{self.passthrough_port}/track?verbose=1"), 15, "nginx pass-through")
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{self.mixpanel_port}/track?verbose=1"), 15, what="nginx Mixpanel double")
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{self.passthrough_port}/track?verbose=1"), 15, what="nginx pass-through")
         return self
 
     def pids(self) -> list[int]:
@@ -223,11 +203,11 @@ class Gunicorn:
             return len(self.worker_pids()) == self.workers and http_ok(self.url + "/ping")
 
         try:
-            wait_until(ready, 60, "gunicorn")
-        except RuntimeError:
+            wait_until(ready, 60, what="gunicorn")
+        except TimeoutError as exc:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gunicorn exited with {self.proc.returncode}: {tail(self.log)}") from None
-            raise
+            raise RuntimeError(str(exc)) from None
         return self
 
     def worker_pids(self) -> list[int]:
