@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from flask import Flask, current_app
 
@@ -32,8 +33,9 @@ class Runtime:
     closed: bool = field(default=False)
     _closing: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    @property
+    @cached_property
     def needs_rows(self) -> bool:
+        """Whether any destination takes rows (fixed once the runtime is built)."""
         return any(hasattr(d, "sink") for d in self.destinations)
 
     def rows(self, records: tuple[Record, ...]) -> RowBatch | None:
