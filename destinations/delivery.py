@@ -21,7 +21,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -48,6 +48,8 @@ class RowSink(Protocol):
 
     # Optional: `write_lines(table, lines: list[Line]) -> int` takes rows already encoded as
     # NDJSON (see destinations.rows.RowBatch.lines); the delivery layer then buffers lines.
+    # Optional with it: `new_chunk() -> Chunk`, the sink's own buffer chunk, which
+    # `write_lines` then receives as it is (the lakes' gzip-as-you-go PackedRows).
 
     def setup(self) -> None: ...
 
@@ -62,7 +64,7 @@ class RowSink(Protocol):
 class DeliveryConfig:
     mode: str = "batch"
     # Large by default so that, for lakes, the timer decides: one object per interval, not per request.
-    max_records: int = 100_000
+    max_records: int = 500_000
     max_bytes: int = 32 * 1024 * 1024
     max_seconds: float = 10.0
     max_buffer_bytes: int = 64 * 1024 * 1024
@@ -135,20 +137,77 @@ def deliver_with_retries(
         time.sleep(delay)
 
 
-class _Buffer:
-    """Rows waiting for one destination, per table: encoded lines for sinks that take them
-    (compact, encoded once per request), else row dicts. Not thread-safe: the owner locks."""
+class Chunk(Protocol):
+    """Rows that one write delivers. `nbytes` is what the chunk costs in memory."""
+
+    nbytes: int
+    full: bool
+
+    def __len__(self) -> int: ...
+
+    def add(self, items: list[Any]) -> int:
+        """Take what fits of `items`; return how many were taken."""
+        ...
+
+    def pieces(self) -> Iterator[list[Any]]:
+        """The rows again, in lists the dead letter can take one at a time."""
+        ...
+
+
+class _Chunk:
+    """The plain chunk: a list of row dicts, or of (hour, NDJSON line) pairs for sinks with
+    `write_lines`. Its `nbytes` is set by the buffer from the encoded size."""
+
+    __slots__ = ("items", "nbytes")
+    full = False
 
     def __init__(self) -> None:
-        self.tables: dict[str, list[Any]] = {}
+        self.items: list[Any] = []
+        self.nbytes = 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def add(self, items: list[Any]) -> int:
+        self.items.extend(items)
+        return len(items)
+
+    def pieces(self) -> Iterator[list[Any]]:
+        yield self.items
+
+
+class _Buffer:
+    """Rows waiting for one destination: per table, a list of chunks of at most
+    `max_records` rows, each delivered by one write. Not thread-safe: the owner locks."""
+
+    def __init__(self, new_chunk: Callable[[], Chunk], max_records: int) -> None:
+        self.new_chunk = new_chunk
+        self.max_records = max_records
+        self.tables: dict[str, list[Chunk]] = {}
         self.rows = 0
         self.bytes = 0
         self.oldest: float | None = None
 
-    def add(self, table: str, rows: list[Any], size: int, now: float) -> None:
-        self.tables.setdefault(table, []).extend(rows)
-        self.rows += len(rows)
-        self.bytes += size
+    def add(self, table: str, items: list[Any], size: int, now: float) -> None:
+        """Append `items` (`size` bytes encoded) to the table's open chunk, opening new ones as
+        chunks fill. Memory is what each chunk reports: packed chunks count the compressed
+        bytes they hold, plain ones their share of `size`."""
+        chunks = self.tables.setdefault(table, [])
+        start = 0
+        while start < len(items):
+            if not chunks or chunks[-1].full or len(chunks[-1]) >= self.max_records:
+                chunks.append(self.new_chunk())
+            chunk = chunks[-1]
+            before = chunk.nbytes
+            taken = chunk.add(items[start : start + self.max_records - len(chunk)])
+            if not taken:  # the next row does not fit: a fresh chunk always takes one
+                chunks.append(self.new_chunk())
+                continue
+            if isinstance(chunk, _Chunk):
+                chunk.nbytes += size * taken // len(items)
+            self.bytes += chunk.nbytes - before
+            start += taken
+        self.rows += len(items)
         if self.oldest is None:
             self.oldest = now
 
@@ -174,15 +233,17 @@ class RowDestination:
         self.clock = clock
         self._lock = threading.Lock()
         # Chunks a flush is delivering right now, so a drain can spool them if it is stuck.
-        self._inflight: dict[int, tuple[str, list[Any]]] = {}
-        self._buffer = _Buffer()
+        self._inflight: dict[int, tuple[str, Chunk]] = {}
+        # Sinks that take encoded NDJSON lines (the lakes) get rows encoded once per request,
+        # and may supply their own chunk (lakes compress rows as they arrive).
+        self._encoded = callable(getattr(sink, "write_lines", None))
+        self._new_chunk: Callable[[], Chunk] = (getattr(sink, "new_chunk", None) if self._encoded else None) or _Chunk
+        self._buffer = self._empty_buffer()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
         self._setup_lock = threading.Lock()
         self._setup_done = False
-        # Sinks that take encoded NDJSON lines (the lakes) get rows encoded once per request.
-        self._encoded = callable(getattr(sink, "write_lines", None))
 
     # -- the Destination contract ------------------------------------------------------
     def write(self, ingest: Ingest) -> WriteResult:
@@ -228,8 +289,8 @@ class RowDestination:
         with self._lock:
             stuck = list(self._inflight.values())
             self._inflight.clear()
-        for table, rows in stuck:
-            self._spool(table, rows, "transient: destination did not answer before shutdown", 0)
+        for table, chunk in stuck:
+            self._spool_chunk(table, chunk, "transient: destination did not answer before shutdown", 0)
         self.flush(deadline=deadline)
         self.sink.close()
 
@@ -239,11 +300,12 @@ class RowDestination:
         errors: list[str] = []
         deadline = started + self.timeout * 0.8  # leave time to spool before dispatch() gives up on us
         for table in batch.tables:
-            rows = self._items(batch, table)
-            written, error = self._deliver(table, rows, deadline)
+            chunk = _Chunk()
+            chunk.add(self._items(batch, table))
+            written, error = self._deliver(table, chunk, deadline)
             inserted += written
             if error:
-                failed += len(rows)
+                failed += len(chunk)
                 errors.append(error)
         duration = (time.monotonic() - started) * 1000
         if errors:
@@ -314,12 +376,11 @@ class RowDestination:
     def flush(self, deadline: float | None = None) -> int:
         """Write everything buffered now (before `deadline`, else spool it). Returns rows written."""
         with self._lock:
-            buffer, self._buffer = self._buffer, _Buffer()
+            buffer, self._buffer = self._buffer, self._empty_buffer()
             self._publish_gauges()
         written = 0
-        for table, rows in buffer.tables.items():
-            for start in range(0, len(rows), self.config.max_records):
-                chunk = rows[start : start + self.config.max_records]
+        for table, chunks in buffer.tables.items():
+            for chunk in chunks:
                 with self._lock:
                     self._inflight[id(chunk)] = (table, chunk)
                 try:
@@ -330,12 +391,13 @@ class RowDestination:
                 written += count
         return written
 
+    def _empty_buffer(self) -> _Buffer:
+        return _Buffer(self._new_chunk, self.config.max_records)
+
     def _items(self, batch: RowBatch, table: str) -> list[Any]:
         return batch.lines(table) if self._encoded else batch.tables[table]
 
-    def _deliver(
-        self, table: str, rows: list[Any], deadline: float | None = None, key: int | None = None
-    ) -> tuple[int, str | None]:
+    def _deliver(self, table: str, chunk: Chunk, deadline: float | None = None, key: int | None = None) -> tuple[int, str | None]:
         """Write with retries; on failure dead-letter. Raises DeadLetterFull if even that fails.
         A draining flush (with a deadline) keeps retrying until the deadline; otherwise
         stopping cuts the retries short so shutdown is not held up by a dead destination."""
@@ -344,7 +406,9 @@ class RowDestination:
 
         def write() -> int:
             self.setup()  # single-flight, once per process; a failure here is retried like a write
-            return self.sink.write_lines(table, rows) if self._encoded else self.sink.write_rows(table, rows)
+            # A plain chunk hands over its list; a sink's own chunk (a lake's PackedRows) goes as it is.
+            payload = chunk.items if isinstance(chunk, _Chunk) else chunk
+            return self.sink.write_lines(table, payload) if self._encoded else self.sink.write_rows(table, payload)
 
         written, error, attempts = deliver_with_retries(self.name, write, self.config, stop, deadline, self.timeout)
         metrics.FLUSH_SECONDS.labels(self.name).observe(time.monotonic() - started)
@@ -354,13 +418,18 @@ class RowDestination:
             return written, None
         metrics.FLUSHES.labels(self.name, "failed").inc()
         log.warning(
-            "%s: %d rows to %s failed after %d attempts (%s); dead-lettering", self.name, len(rows), table, attempts, error
+            "%s: %d rows to %s failed after %d attempts (%s); dead-lettering", self.name, len(chunk), table, attempts, error
         )
         with self._lock:
             taken_over = key is not None and key not in self._inflight
         if not taken_over:  # else a drain already spooled this chunk while we were stuck
-            self._spool(table, rows, error, attempts)
+            self._spool_chunk(table, chunk, error, attempts)
         return 0, error
+
+    def _spool_chunk(self, table: str, chunk: Chunk, reason: str, attempts: int) -> None:
+        # A packed chunk is inflated and spooled a piece at a time, never all at once.
+        for piece in chunk.pieces():
+            self._spool(table, piece, reason, attempts)
 
     def _spool(self, table: str, rows: list[Any], reason: str, attempts: int) -> None:
         self.dead_letter.put(self.name, table, rows, reason, attempts, encoded=self._encoded)

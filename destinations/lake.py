@@ -6,6 +6,11 @@ Rows are partitioned by their `insert_time` (the receive clock), so a batch that
 spans midnight lands under both dates. Objects roll over at `LAKE_MAX_OBJECT_BYTES`
 (uncompressed). The only thing a lake destination supplies is an `ObjectStore`:
 how bytes reach storage.
+
+In batch mode the delivery buffer holds `PackedRows`: rows are gzip-compressed as
+they arrive, so the buffer costs compressed bytes (NDJSON shrinks 8-11x) and the
+flush only seals and uploads. Buffer limits are then rarely reached before the
+flush timer, so a lake gets one object per interval per table and worker.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ import gzip
 import os
 import secrets
 import socket
+import threading
 import time
-from collections.abc import Callable, Sequence
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -28,6 +35,11 @@ T = TypeVar("T")
 CONTENT_TYPE = "application/x-ndjson"
 CONTENT_ENCODING = "gzip"
 PROBE_PREFIX = "_proxy_probe/"
+DEFAULT_MAX_OBJECT_BYTES = 256 * 1024 * 1024
+# Compress an add this large on the thread pool rather than on the event loop.
+OFF_LOOP_BYTES = 256 * 1024
+# Dead-lettering a packed chunk decompresses it in pieces of about this many bytes.
+SPOOL_PIECE_BYTES = 8 * 1024 * 1024
 _HOST = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in socket.gethostname())[:40] or "host"
 
 
@@ -46,7 +58,7 @@ class ObjectStore(Protocol):
 @dataclass(frozen=True)
 class LakeConfig:
     prefix: str = ""
-    max_object_bytes: int = 64 * 1024 * 1024
+    max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES
     gzip_level: int = 6
 
     @classmethod
@@ -54,7 +66,7 @@ class LakeConfig:
         prefix = (settings.get("lake_prefix") or "").strip("/")
         return cls(
             prefix=prefix,
-            max_object_bytes=settings.get_int("lake_max_object_bytes", 64 * 1024 * 1024, 1024),
+            max_object_bytes=settings.get_int("lake_max_object_bytes", DEFAULT_MAX_OBJECT_BYTES, 1024),
             gzip_level=min(9, settings.get_int("lake_gzip_level", 6, 1)),
         )
 
@@ -108,6 +120,116 @@ def _gzip(lines: list[bytes], level: int) -> bytes:
     return off_loop(gzip.compress, b"\n".join(lines) + b"\n", compresslevel=level, mtime=0)
 
 
+class _Stream:
+    """One hour's rows as a gzip stream being written."""
+
+    __slots__ = ("compressor", "parts", "rows")
+
+    def __init__(self, level: int) -> None:
+        # wbits 31: a gzip header and trailer, so the sealed bytes are a .gz file as they are.
+        self.compressor = zlib.compressobj(level, zlib.DEFLATED, 31)
+        self.parts: list[bytes] = []
+        self.rows = 0
+
+
+class PackedRows:
+    """Encoded rows of one table, gzip-compressed per insert hour as they are added: one
+    chunk of a lake's delivery buffer, and at most one object per hour once sealed.
+
+    `add` takes lines while the chunk stays within `max_raw_bytes` of NDJSON (an empty
+    chunk takes at least one, so an oversized row still moves) and returns how many it
+    took. `nbytes` is what the chunk costs in memory: the compressed bytes so far.
+    `objects()` seals it; after that it only reads. The delivery buffer's lock serialises
+    `add`, and a chunk is sealed only once the buffer has handed it to the flusher."""
+
+    def __init__(self, level: int = 6, max_raw_bytes: int = DEFAULT_MAX_OBJECT_BYTES) -> None:
+        self.level = level
+        self.max_raw_bytes = max_raw_bytes
+        self.raw_bytes = 0
+        self.nbytes = 0
+        self._rows = 0
+        self._streams: dict[str, _Stream] = {}
+        self._sealed: list[tuple[str, bytes, int]] | None = None
+        # A drain may spool a chunk that a stuck flusher holds: only one of them seals it.
+        self._seal_lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return self._rows
+
+    @property
+    def full(self) -> bool:
+        return self.raw_bytes >= self.max_raw_bytes
+
+    def add(self, lines: Sequence[Line]) -> int:
+        """Compress as many of `lines` as fit; returns how many were taken."""
+        if self._sealed is not None:
+            raise RuntimeError("rows added to a sealed chunk")
+        by_hour: dict[str, list[bytes]] = {}
+        taken = 0
+        for hour, line in lines:
+            if self.raw_bytes and self.raw_bytes + len(line) + 1 > self.max_raw_bytes:
+                break
+            by_hour.setdefault(hour, []).append(line)
+            self.raw_bytes += len(line) + 1
+            taken += 1
+        for hour, group in by_hour.items():
+            stream = self._streams.get(hour)
+            if stream is None:
+                stream = self._streams[hour] = _Stream(self.level)
+            data = b"\n".join(group) + b"\n"
+            if len(data) >= OFF_LOOP_BYTES:
+                out = off_loop(stream.compressor.compress, data)
+            else:
+                out = stream.compressor.compress(data)
+            if out:
+                stream.parts.append(out)
+                self.nbytes += len(out)
+            stream.rows += len(group)
+        self._rows += taken
+        return taken
+
+    def objects(self) -> list[tuple[str, bytes, int]]:
+        """[(partition, gzip bytes, row count)], one per hour. Seals the chunk (idempotent)."""
+        with self._seal_lock:
+            if self._sealed is None:
+                sealed = []
+                for hour, stream in self._streams.items():
+                    data = b"".join([*stream.parts, stream.compressor.flush()])
+                    sealed.append((hour, data, stream.rows))
+                self._sealed = sealed
+                self._streams = {}
+                self.nbytes = sum(len(data) for _, data, _ in sealed)
+        return [(_partition(hour), data, rows) for hour, data, rows in self._sealed]
+
+    def pieces(self, max_bytes: int = SPOOL_PIECE_BYTES) -> Iterator[list[Line]]:
+        """The rows again as (hour, line) lists of about `max_bytes` each, decompressed a
+        piece at a time: what the dead letter takes, without inflating the whole chunk."""
+        self.objects()
+        assert self._sealed is not None
+        for hour, data, _rows in self._sealed:
+            inflater = zlib.decompressobj(31)
+            piece: list[Line] = []
+            size = 0
+            tail = b""
+            view = memoryview(data)
+            for start in range(0, len(data), 1 << 20):
+                text = tail + inflater.decompress(view[start : start + (1 << 20)])
+                *complete, tail = text.split(b"\n")
+                for line in complete:
+                    piece.append((hour, line))
+                    size += len(line) + 1
+                    if size >= max_bytes:
+                        yield piece
+                        piece, size = [], 0
+            text = tail + inflater.flush()
+            piece.extend((hour, line) for line in text.split(b"\n") if line)
+            if piece:
+                yield piece
+
+    def lines(self) -> list[Line]:
+        return [line for piece in self.pieces() for line in piece]
+
+
 class LakeSink:
     """What every lake destination shares: rows and encoded lines go through `self.writer`."""
 
@@ -117,9 +239,13 @@ class LakeSink:
     def write_rows(self, table: str, rows: list[Row]) -> int:
         return self.write_lines(table, [(hour_of(r), dumps_row(r).encode("utf-8")) for r in rows])
 
-    def write_lines(self, table: str, lines: list[Line]) -> int:
+    def write_lines(self, table: str, lines: list[Line] | PackedRows) -> int:
         self.writer.write_lines(table, lines)
         return len(lines)
+
+    def new_chunk(self) -> PackedRows:
+        """What the delivery buffer fills for this sink: rows compressed as they arrive."""
+        return PackedRows(self.writer.config.gzip_level, self.writer.config.max_object_bytes)
 
     def drop(self, tables: list[str]) -> list[str]:
         return self.writer.drop(tables)
@@ -145,13 +271,17 @@ class LakeWriter:
         """Write rows as one or more objects; returns the keys written."""
         return self.write_lines(table, [(hour_of(r), dumps_row(r).encode("utf-8")) for r in rows])
 
-    def write_lines(self, table: str, lines: Sequence[Line]) -> list[str]:
-        """Write encoded rows as one or more objects; returns the keys written."""
+    def write_lines(self, table: str, lines: Sequence[Line] | PackedRows) -> list[str]:
+        """Write encoded rows (or a packed chunk) as one or more objects; returns the keys written."""
         if not lines:
             return []
         now = self.clock()
         keys = []
-        for partition, data, _count in encode_objects(lines, self.config.max_object_bytes, self.config.gzip_level):
+        if isinstance(lines, PackedRows):
+            objects = lines.objects()
+        else:
+            objects = encode_objects(lines, self.config.max_object_bytes, self.config.gzip_level)
+        for partition, data, _count in objects:
             key = object_key(self.config, table, partition, now)
             self.store.put(key, data, CONTENT_TYPE, CONTENT_ENCODING)
             keys.append(key)
