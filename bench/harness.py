@@ -31,8 +31,11 @@ LUA = BENCH / "wrk" / "post.lua"
 # BATCH_MAX_SECONDS default (destinations/delivery.py); the harness does not override it
 FLUSH_SECONDS = DeliveryConfig.max_seconds
 WORKERS = 2
+# The framework ceiling (bench/ceiling.py): the same gunicorn command with this app instead of app:app.
+CEILING_APP = "bench.ceiling:app"
 SETS: dict[str, tuple[str, str]] = {
-    # key: (DESTINATIONS, title)
+    # key: (DESTINATIONS, title); `ceiling` is not the proxy and has no destinations
+    "ceiling": ("", "framework ceiling: Flask on gunicorn+gevent, reads the body, answers 1"),
     "mixpanel": ("mixpanel", "Mixpanel only"),
     "files": ("mixpanel,files", "Mixpanel + files"),
     "s3": ("mixpanel,s3", "Mixpanel + S3 (moto)"),
@@ -339,6 +342,26 @@ class Bench:
         log(f"  {result['events_per_s']:.0f} events/s, p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms")
         return result
 
+    def run_ceiling(self, scenario: Scenario) -> dict:
+        """bench/ceiling.py on the proxy's stack: what any Flask proxy here can do at best. Nothing to count."""
+        tag = f"ceiling-{scenario.name}"
+        server = procs.Gunicorn({"LOG_LEVEL": "WARNING"}, self.out / f"gunicorn-{tag}.log", WORKERS, app=CEILING_APP)
+        log(f"{tag}: {CEILING_APP}, {scenario.connections} connections, {self.args.duration:g}s")
+        server.start()
+        try:
+            result = self.measure(server.url, scenario, tag, server.all_pids)
+            record_server(result, server)
+        finally:
+            rc = server.stop()
+        result["set"] = "ceiling"
+        result["app"] = CEILING_APP
+        result["exit_code"] = rc
+        log(
+            f"  {result['events_per_s']:.0f} events/s, p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms,"
+            f" {result.get('cpu_s_per_10k_events', 0):.2f} CPU-s/10k events"
+        )
+        return result
+
     def run_proxy(self, set_key: str, scenario: Scenario) -> dict:
         destinations, _title = SETS[set_key]
         tag = f"{set_key}-{scenario.name}"
@@ -361,10 +384,7 @@ class Bench:
             raise
         try:
             result = self.measure(server.url, scenario, tag, server.all_pids)
-            workers = server.worker_pids()
-            result["rss_peak_kb"] = {str(pid): procs.status_kb(pid, "VmHWM") for pid in workers}
-            result["rss_now_kb"] = {str(pid): procs.status_kb(pid, "VmRSS") for pid in workers}
-            result["gunicorn_command"] = shlex.join(server.command)
+            record_server(result, server)
         finally:
             rc = server.stop()
         result["alive_seconds"] = time.monotonic() - started
@@ -611,6 +631,14 @@ class Bench:
             shutil.rmtree(self.work, ignore_errors=True)
 
 
+def record_server(result: dict, server: procs.Gunicorn) -> None:
+    """Worker memory (peak and now) and the command line, read while gunicorn still runs."""
+    workers = server.worker_pids()
+    result["rss_peak_kb"] = {str(pid): procs.status_kb(pid, "VmHWM") for pid in workers}
+    result["rss_now_kb"] = {str(pid): procs.status_kb(pid, "VmRSS") for pid in workers}
+    result["gunicorn_command"] = shlex.join(server.command)
+
+
 def machine() -> dict[str, str]:
     def out(args: list[str]) -> str:
         try:
@@ -711,11 +739,16 @@ def main(argv: list[str] | None = None) -> int:
         results["bodies"] = {k: {kk: vv for kk, vv in v.items() if kk != "path"} for k, v in bench.bodies.items()}
         results["scenarios"] = {k: vars(v) | {"authorization": bool(v.authorization)} for k, v in SCENARIOS.items()}
         if not args.skip_matrix:
+            # The ceiling right after the pass-through, whatever the order in --sets: the two references first.
+            sets = sorted(args.sets.split(","), key=lambda k: k != "ceiling")
             for name in args.scenarios.split(","):
                 scenario = SCENARIOS[name]
                 results["runs"].append(bench.clean_run(lambda s=scenario: bench.run_passthrough(s)))
-                for set_key in args.sets.split(","):
-                    results["runs"].append(bench.clean_run(lambda k=set_key, s=scenario: bench.run_proxy(k, s)))
+                for set_key in sets:
+                    if set_key == "ceiling":
+                        results["runs"].append(bench.clean_run(lambda s=scenario: bench.run_ceiling(s)))
+                    else:
+                        results["runs"].append(bench.clean_run(lambda k=set_key, s=scenario: bench.run_proxy(k, s)))
         if args.isolation:
             results["isolation"] = bench.run_isolation_suite() | stamp
         if args.profile_seconds > 0:

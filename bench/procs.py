@@ -173,7 +173,9 @@ class Nginx:
 
 
 class Gunicorn:
-    def __init__(self, env: dict[str, str], log: Path, workers: int = 2) -> None:
+    """`gunicorn -c gunicorn.conf.py` on a free port; `app` is the WSGI spec (bench.ceiling:app for the ceiling)."""
+
+    def __init__(self, env: dict[str, str], log: Path, workers: int = 2, app: str = "app:app") -> None:
         self.port = free_port()
         self.workers = workers
         self.env = env
@@ -187,7 +189,7 @@ class Gunicorn:
             str(workers),
             "-b",
             f"127.0.0.1:{self.port}",
-            "app:app",
+            app,
         ]
 
     @property
