@@ -289,9 +289,21 @@ class RowDestination:
         with self._lock:
             stuck = list(self._inflight.values())
             self._inflight.clear()
+        lost = 0
         for table, chunk in stuck:
-            self._spool_chunk(table, chunk, "transient: destination did not answer before shutdown", 0)
-        self.flush(deadline=deadline)
+            try:
+                self._spool_chunk(table, chunk, "transient: destination did not answer before shutdown", 0)
+            except DeadLetterFull:
+                lost += len(chunk)
+        try:
+            self.flush(deadline=deadline)
+        except DeadLetterFull:
+            with self._lock:  # flush() put back what neither the destination nor the dead letter took
+                lost += self._buffer.rows
+                self._buffer = self._empty_buffer()
+        if lost:
+            metrics.DROPPED.labels(self.name, "dead_letter_full").inc(lost)
+            log.error("%s: %d rows lost at shutdown: the destination failed and the dead letter is full", self.name, lost)
         self.sink.close()
 
     # -- sync ---------------------------------------------------------------------------
@@ -358,6 +370,9 @@ class RowDestination:
                     self.flush()
                 with self._lock:
                     self._publish_gauges()
+            except DeadLetterFull as exc:
+                log.warning("%s: rows stay buffered: the destination failed and the dead letter is full (%s)", self.name, exc)
+                time.sleep(tick)
             except Exception:  # noqa: BLE001 - the flusher must outlive any one failure
                 log.exception("flusher for %s failed; continuing", self.name)
                 time.sleep(tick)
@@ -379,17 +394,37 @@ class RowDestination:
             buffer, self._buffer = self._buffer, self._empty_buffer()
             self._publish_gauges()
         written = 0
-        for table, chunks in buffer.tables.items():
-            for chunk in chunks:
+        pending = [(table, chunk) for table, chunks in buffer.tables.items() for chunk in chunks]
+        for index, (table, chunk) in enumerate(pending):
+            with self._lock:
+                self._inflight[id(chunk)] = (table, chunk)
+            try:
+                count, _error = self._deliver(table, chunk, deadline, key=id(chunk))
+            except DeadLetterFull:
+                # Neither the destination nor the dead letter took these rows: keep them, and the rest,
+                # for the next flush. Meanwhile requests spill, cannot spool either and are answered 503,
+                # so the buffer stays bounded. (Pieces of a chunk spooled before the spool filled up are
+                # sent again later: at least once, as everywhere.)
+                self._requeue(pending[index:], buffer.oldest)
+                raise
+            finally:
                 with self._lock:
-                    self._inflight[id(chunk)] = (table, chunk)
-                try:
-                    count, _error = self._deliver(table, chunk, deadline, key=id(chunk))
-                finally:
-                    with self._lock:
-                        self._inflight.pop(id(chunk), None)
-                written += count
+                    self._inflight.pop(id(chunk), None)
+            written += count
         return written
+
+    def _requeue(self, chunks: list[tuple[str, Chunk]], oldest: float | None) -> None:
+        with self._lock:
+            front: dict[str, list[Chunk]] = {}
+            for table, chunk in chunks:
+                front.setdefault(table, []).append(chunk)
+                self._buffer.rows += len(chunk)
+                self._buffer.bytes += chunk.nbytes
+            for table, kept in front.items():
+                self._buffer.tables[table] = kept + self._buffer.tables.get(table, [])
+            if oldest is not None:
+                self._buffer.oldest = min(oldest, self._buffer.oldest or oldest)
+            self._publish_gauges()
 
     def _empty_buffer(self) -> _Buffer:
         return _Buffer(self._new_chunk, self.config.max_records)

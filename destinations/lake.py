@@ -158,7 +158,7 @@ class PackedRows:
 
     @property
     def full(self) -> bool:
-        return self.raw_bytes >= self.max_raw_bytes
+        return self._sealed is not None or self.raw_bytes >= self.max_raw_bytes
 
     def add(self, lines: Sequence[Line]) -> int:
         """Compress as many of `lines` as fit; returns how many were taken."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from destinations.deadletter import DeadLetter
+from destinations.deadletter import DeadLetter, DeadLetterFull
 from destinations.delivery import DeliveryConfig
 from proxy import metrics
 from tests.support import files
@@ -233,3 +233,43 @@ def test_dead_letter_files_are_self_describing(tmp_path):
         "attempts": 5,
         "rows": [{"a": 1}],
     }
+
+
+def test_rows_neither_destination_nor_spool_takes_stay_buffered_then_land(make_app, faulty, tmp_path):
+    faulty.set("down")
+    app = make_app(
+        destinations="tests.support.faulty:make",
+        delivery="batch",
+        batch_max_seconds="3600",
+        dead_letter_max_bytes="1024",
+        **faulty.env,
+    )
+    dest = destination(app, "faulty")
+    client = app.test_client()
+    for i in range(4):
+        assert client.post("/track", json=events(10, i * 10)).status_code == 200
+    with pytest.raises(DeadLetterFull):
+        dest.flush()  # the destination fails, the 1 KiB spool cannot take 40 rows: nothing may be lost
+    assert dest.health()["buffered_rows"] == 40
+    assert client.post("/track", json=events(1, 99)).status_code == 200  # still room in the buffer
+
+    faulty.set("up")
+    assert dest.flush() == 41
+    assert sorted(r["insert_id"] for r in files.rows(faulty.dir, "events")) == sorted([f"e{i}" for i in range(40)] + ["e99"])
+    assert dest.health()["buffered_rows"] == 0
+
+
+def test_rows_lost_at_shutdown_are_counted_with_their_reason(make_app, faulty):
+    faulty.set("down")
+    app = make_app(
+        destinations="tests.support.faulty:make",
+        delivery="batch",
+        batch_max_seconds="3600",
+        dead_letter_max_bytes="1024",
+        **faulty.env,
+    )
+    before = counter(metrics.DROPPED, "faulty", "dead_letter_full")
+    for i in range(3):
+        assert app.test_client().post("/track", json=events(10, i * 10)).status_code == 200
+    app.extensions["mpproxy"].close(timeout=2)
+    assert counter(metrics.DROPPED, "faulty", "dead_letter_full") - before == 30
