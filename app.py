@@ -15,6 +15,7 @@ from destinations.schema import build_schemas
 from proxy import __version__, cli, metrics, replies
 from proxy.cors import init_cors
 from proxy.logs import configure_logging
+from proxy.memory import pin_mmap_threshold
 from proxy.routes import bp
 from proxy.runtime import Runtime
 from proxy.settings import ConfigError, Settings
@@ -27,6 +28,7 @@ log = logging.getLogger("proxy")
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     configure_logging(settings)
+    pin_mmap_threshold()  # flat RSS across lake flushes (see proxy/memory.py)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = None  # we enforce MAX_BODY_BYTES ourselves, after gunzip too
     schemas = build_schemas(settings)

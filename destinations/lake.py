@@ -226,9 +226,6 @@ class PackedRows:
             if piece:
                 yield piece
 
-    def lines(self) -> list[Line]:
-        return [line for piece in self.pieces() for line in piece]
-
 
 class LakeSink:
     """What every lake destination shares: rows and encoded lines go through `self.writer`."""

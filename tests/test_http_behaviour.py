@@ -437,3 +437,19 @@ def test_sdk_style_import_gets_mixpanels_verdict_as_status(client, mp) -> None:
     assert (bad.status_code, bad.data) == (400, b"0")
     unauthorised = client.post("/import?verbose=1", data={"data": b64([event()])})
     assert unauthorised.status_code == 401 and unauthorised.get_json()["status"] == 0
+
+
+def test_outbound_http_proxy_carries_mixpanel_calls_with_its_credentials(make_app, mp) -> None:
+    # The double stands in for a corporate forward proxy: an absolute-form request target reaches it,
+    # so a reply proves the call went through the proxy (the Mixpanel host itself does not resolve).
+    proxy_url = mp.url.replace("http://", "http://egress:p%40ss@")
+    app = make_app(destinations="mixpanel", mixpanel_api_host="http://api.mixpanel.invalid", http_proxy=proxy_url)
+    reply = app.test_client().post("/track?verbose=1", json=[event("through-proxy")])
+    assert reply.status_code == 200 and reply.get_json()["status"] == 1
+    (received,) = mp.requests("track")
+    assert received.headers["proxy-authorization"] == "Basic " + base64.b64encode(b"egress:p@ss").decode()
+    assert received.headers["host"] == "api.mixpanel.invalid"
+    assert [r["event"] for r in mp.records("track")] == ["through-proxy"]
+    # Passed-through calls take the same way.
+    assert app.test_client().get("/decide?verbose=1&token=t").status_code == 200
+    assert mp.requests("decide")[0].headers["host"] == "api.mixpanel.invalid"
