@@ -103,11 +103,12 @@ class AzureStore:
         except ValueError as exc:  # a malformed connection string or key
             raise PermanentError(f"{where}: invalid configuration ({type(exc).__name__})") from None
 
-    def put(self, key: str, data: bytes, content_type: str, content_encoding: str | None) -> None:
+    def put(self, key: str, data: bytes | bytearray, content_type: str, content_encoding: str | None) -> None:
         settings = ContentSettings(content_type=content_type, content_encoding=content_encoding)
         with self._errors("put"):
-            # overwrite=False: create only, never replace an existing blob.
-            self.client().upload_blob(key, data, overwrite=False, content_settings=settings, length=len(data))
+            # overwrite=False: create only, never replace an existing blob. The client streams bytes;
+            # any other iterable (a packed chunk's bytearray) it would read an int at a time.
+            self.client().upload_blob(key, bytes(data), overwrite=False, content_settings=settings, length=len(data))
 
     def ensure_container(self) -> None:
         client = self.client()

@@ -27,11 +27,11 @@ class LocalStore:
             raise PermanentError(f"object key {key!r} escapes DATA_DIR")
         return path
 
-    def put(self, key: str, data: bytes, content_type: str, content_encoding: str | None) -> None:
+    def put(self, key: str, data: bytes | bytearray, content_type: str, content_encoding: str | None) -> None:
         # Disk writes and fsync block; gevent cannot switch away from them on its own.
         off_loop(self._put, key, data)
 
-    def _put(self, key: str, data: bytes) -> None:
+    def _put(self, key: str, data: bytes | bytearray) -> None:
         path = self._path(key)
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
         try:

@@ -130,12 +130,13 @@ class GCSStore:
                 raise TransientError(f"{where}: {type(exc).__name__}") from None
             raise PermanentError(f"{where}: {type(exc).__name__}") from None
 
-    def put(self, key: str, data: bytes, content_type: str, content_encoding: str | None) -> None:
+    def put(self, key: str, data: bytes | bytearray, content_type: str, content_encoding: str | None) -> None:
         with self._errors("put"):
             blob = self._bucket().blob(key)
             blob.content_encoding = content_encoding
             # if_generation_match=0: create only, never replace an object; retries belong to the delivery layer.
-            blob.upload_from_string(data, content_type=content_type, if_generation_match=0, retry=None, timeout=TIMEOUT)
+            # The client takes bytes only (not a packed chunk's bytearray).
+            blob.upload_from_string(bytes(data), content_type=content_type, if_generation_match=0, retry=None, timeout=TIMEOUT)
 
     def ensure_container(self) -> None:
         with self._errors("get bucket"):

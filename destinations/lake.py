@@ -46,7 +46,7 @@ _HOST = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in socket.getho
 class ObjectStore(Protocol):
     """How bytes reach one storage service. Errors are raised as Transient/PermanentError."""
 
-    def put(self, key: str, data: bytes, content_type: str, content_encoding: str | None) -> None: ...
+    def put(self, key: str, data: bytes | bytearray, content_type: str, content_encoding: str | None) -> None: ...
 
     def ensure_container(self) -> None: ...
 
@@ -123,12 +123,14 @@ def _gzip(lines: list[bytes], level: int) -> bytes:
 class _Stream:
     """One hour's rows as a gzip stream being written."""
 
-    __slots__ = ("compressor", "parts", "rows")
+    __slots__ = ("compressor", "data", "rows")
 
     def __init__(self, level: int) -> None:
         # wbits 31: a gzip header and trailer, so the sealed bytes are a .gz file as they are.
         self.compressor = zlib.compressobj(level, zlib.DEFLATED, 31)
-        self.parts: list[bytes] = []
+        # Grown in place, never joined: sealing adds no second copy of the object to memory
+        # (glibc grows a large bytearray with mremap, see proxy/memory.py).
+        self.data = bytearray()
         self.rows = 0
 
 
@@ -149,7 +151,7 @@ class PackedRows:
         self.nbytes = 0
         self._rows = 0
         self._streams: dict[str, _Stream] = {}
-        self._sealed: list[tuple[str, bytes, int]] | None = None
+        self._sealed: list[tuple[str, bytearray, int]] | None = None
         # A drain may spool a chunk that a stuck flusher holds: only one of them seals it.
         self._seal_lock = threading.Lock()
 
@@ -181,21 +183,20 @@ class PackedRows:
                 out = off_loop(stream.compressor.compress, data)
             else:
                 out = stream.compressor.compress(data)
-            if out:
-                stream.parts.append(out)
-                self.nbytes += len(out)
+            stream.data += out
+            self.nbytes += len(out)
             stream.rows += len(group)
         self._rows += taken
         return taken
 
-    def objects(self) -> list[tuple[str, bytes, int]]:
+    def objects(self) -> list[tuple[str, bytearray, int]]:
         """[(partition, gzip bytes, row count)], one per hour. Seals the chunk (idempotent)."""
         with self._seal_lock:
             if self._sealed is None:
                 sealed = []
                 for hour, stream in self._streams.items():
-                    data = b"".join([*stream.parts, stream.compressor.flush()])
-                    sealed.append((hour, data, stream.rows))
+                    stream.data += stream.compressor.flush()
+                    sealed.append((hour, stream.data, stream.rows))
                 self._sealed = sealed
                 self._streams = {}
                 self.nbytes = sum(len(data) for _, data, _ in sealed)

@@ -105,7 +105,7 @@ class S3Store:
         except bx.BotoCoreError as exc:
             raise TransientError(f"s3 {operation} on bucket {self.bucket}: {type(exc).__name__}") from None
 
-    def put(self, key: str, data: bytes, content_type: str, content_encoding: str | None) -> None:
+    def put(self, key: str, data: bytes | bytearray, content_type: str, content_encoding: str | None) -> None:
         extra = {"ContentEncoding": content_encoding} if content_encoding else {}
         with self._errors("PutObject"):
             self.client().put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, **extra)
