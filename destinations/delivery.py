@@ -279,9 +279,12 @@ class RowDestination:
     def close(self, timeout: float | None = None) -> None:
         """Stop the flusher and drain within `timeout`: write what we can, spool the rest.
         A flusher stuck on a destination that does not answer gets half the time; the rows it
-        holds are then spooled (at least once: if it later succeeds, replay re-sends them)."""
+        holds are then spooled (at least once: if it later succeeds, replay re-sends them), and
+        so is the rest of the buffer, without waiting on that destination again. Otherwise the
+        buffer is written with a quarter of the time held back for spooling what fails: a
+        drain that overruns `timeout` is killed by gunicorn, and what it held is lost."""
         budget = timeout if timeout is not None else self.config.retry_max_seconds
-        deadline = time.monotonic() + budget
+        started = time.monotonic()
         self._stop.set()
         self._wake.set()
         if self._flusher is not None:
@@ -289,6 +292,10 @@ class RowDestination:
         with self._lock:
             stuck = list(self._inflight.values())
             self._inflight.clear()
+            if stuck:
+                buffered, self._buffer = self._buffer, self._empty_buffer()
+                stuck += [(table, chunk) for table, chunks in buffered.tables.items() for chunk in chunks]
+                self._publish_gauges()
         lost = 0
         for table, chunk in stuck:
             try:
@@ -296,7 +303,7 @@ class RowDestination:
             except DeadLetterFull:
                 lost += len(chunk)
         try:
-            self.flush(deadline=deadline)
+            self.flush(deadline=started + budget * 0.75)
         except DeadLetterFull:
             with self._lock:  # flush() put back what neither the destination nor the dead letter took
                 lost += self._buffer.rows
