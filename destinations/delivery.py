@@ -145,8 +145,8 @@ class Chunk(Protocol):
 
     def __len__(self) -> int: ...
 
-    def add(self, items: list[Any]) -> int:
-        """Take what fits of `items`; return how many were taken."""
+    def add(self, items: list[Any], size: int = 0) -> int:
+        """Take what fits of `items` (`size` bytes encoded); return how many were taken."""
         ...
 
     def pieces(self) -> Iterator[list[Any]]:
@@ -156,7 +156,7 @@ class Chunk(Protocol):
 
 class _Chunk:
     """The plain chunk: a list of row dicts, or of (hour, NDJSON line) pairs for sinks with
-    `write_lines`. Its `nbytes` is set by the buffer from the encoded size."""
+    `write_lines`. It costs what its rows take encoded."""
 
     __slots__ = ("items", "nbytes")
     full = False
@@ -168,8 +168,9 @@ class _Chunk:
     def __len__(self) -> int:
         return len(self.items)
 
-    def add(self, items: list[Any]) -> int:
+    def add(self, items: list[Any], size: int = 0) -> int:
         self.items.extend(items)
+        self.nbytes += size
         return len(items)
 
     def pieces(self) -> Iterator[list[Any]]:
@@ -191,7 +192,7 @@ class _Buffer:
     def add(self, table: str, items: list[Any], size: int, now: float) -> None:
         """Append `items` (`size` bytes encoded) to the table's open chunk, opening new ones as
         chunks fill. Memory is what each chunk reports: packed chunks count the compressed
-        bytes they hold, plain ones their share of `size`."""
+        bytes they hold, plain ones the share of `size` they took."""
         chunks = self.tables.setdefault(table, [])
         start = 0
         while start < len(items):
@@ -199,12 +200,11 @@ class _Buffer:
                 chunks.append(self.new_chunk())
             chunk = chunks[-1]
             before = chunk.nbytes
-            taken = chunk.add(items[start : start + self.max_records - len(chunk)])
+            piece = items[start : start + self.max_records - len(chunk)]
+            taken = chunk.add(piece, size * len(piece) // len(items))
             if not taken:  # the next row does not fit: a fresh chunk always takes one
                 chunks.append(self.new_chunk())
                 continue
-            if isinstance(chunk, _Chunk):
-                chunk.nbytes += size * taken // len(items)
             self.bytes += chunk.nbytes - before
             start += taken
         self.rows += len(items)

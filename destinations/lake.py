@@ -162,8 +162,9 @@ class PackedRows:
     def full(self) -> bool:
         return self._sealed is not None or self.raw_bytes >= self.max_raw_bytes
 
-    def add(self, lines: Sequence[Line]) -> int:
-        """Compress as many of `lines` as fit; returns how many were taken."""
+    def add(self, lines: Sequence[Line], size: int = 0) -> int:
+        """Compress as many of `lines` as fit; returns how many were taken. `size` (their
+        encoded size) is not needed: the chunk counts what it holds compressed."""
         if self._sealed is not None:
             raise RuntimeError("rows added to a sealed chunk")
         by_hour: dict[str, list[bytes]] = {}

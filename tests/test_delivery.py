@@ -49,6 +49,13 @@ def counter(metric, *labels) -> float:
     return metric.labels(*labels)._value.get()
 
 
+def batch_app(make_app, faulty, **settings):
+    """The failure-injecting destination alone, batched, flushed only when a test says so."""
+    return make_app(
+        destinations="tests.support.faulty:make", delivery="batch", batch_max_seconds="3600", **settings, **faulty.env
+    )
+
+
 def test_batch_mode_holds_rows_until_a_flush(make_app, tmp_path):
     app = make_app(delivery="batch", batch_max_seconds="3600")
     client = app.test_client()
@@ -129,13 +136,7 @@ def test_replay_keeps_batches_that_still_fail(make_app, faulty, tmp_path):
 
 def test_full_buffer_spills_to_the_spool_not_memory(make_app, faulty, tmp_path):
     faulty.set("down")
-    app = make_app(
-        destinations="tests.support.faulty:make",
-        delivery="batch",
-        batch_max_seconds="3600",
-        max_buffer_bytes="2048",
-        **faulty.env,
-    )
+    app = batch_app(make_app, faulty, max_buffer_bytes="2048")
     client = app.test_client()
     dest = destination(app, "faulty")
     peak = 0
@@ -237,13 +238,7 @@ def test_dead_letter_files_are_self_describing(tmp_path):
 
 def test_rows_neither_destination_nor_spool_takes_stay_buffered_then_land(make_app, faulty, tmp_path):
     faulty.set("down")
-    app = make_app(
-        destinations="tests.support.faulty:make",
-        delivery="batch",
-        batch_max_seconds="3600",
-        dead_letter_max_bytes="1024",
-        **faulty.env,
-    )
+    app = batch_app(make_app, faulty, dead_letter_max_bytes="1024")
     dest = destination(app, "faulty")
     client = app.test_client()
     for i in range(4):
@@ -261,13 +256,7 @@ def test_rows_neither_destination_nor_spool_takes_stay_buffered_then_land(make_a
 
 def test_rows_lost_at_shutdown_are_counted_with_their_reason(make_app, faulty):
     faulty.set("down")
-    app = make_app(
-        destinations="tests.support.faulty:make",
-        delivery="batch",
-        batch_max_seconds="3600",
-        dead_letter_max_bytes="1024",
-        **faulty.env,
-    )
+    app = batch_app(make_app, faulty, dead_letter_max_bytes="1024")
     before = counter(metrics.DROPPED, "faulty", "dead_letter_full")
     for i in range(3):
         assert app.test_client().post("/track", json=events(10, i * 10)).status_code == 200
