@@ -9,16 +9,16 @@ import sys
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from destinations import build_destinations
-from destinations.mixpanel import MixpanelClient
+from core import metrics
+from core.settings import ConfigError, Settings
+from destinations import build_destinations, upstream_client
 from destinations.schema import build_schemas
-from proxy import __version__, cli, metrics, replies
+from proxy import __version__, cli, replies
 from proxy.cors import init_cors
 from proxy.logs import configure_logging
 from proxy.memory import pin_mmap_threshold
 from proxy.routes import bp
 from proxy.runtime import Runtime
-from proxy.settings import ConfigError, Settings
 from proxy.staticlib import LibraryCache
 from proxy.transform import RowTransformer, Transformer
 
@@ -32,14 +32,15 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = None  # we enforce MAX_BODY_BYTES ourselves, after gunzip too
     schemas = build_schemas(settings)
+    upstream = upstream_client(settings)  # the worker's one pool to Mixpanel
     rt = Runtime(
         settings=settings,
-        destinations=build_destinations(settings, schemas),
+        destinations=build_destinations(settings, schemas, upstream),
         schemas=schemas,
         row_transformer=RowTransformer.from_settings(settings),
         transformer=Transformer.from_settings(settings),
         library=LibraryCache(settings.mixpanel_cdn_url, settings.mixpanel_lib_dir),
-        upstream=MixpanelClient(settings.mixpanel_api_host, settings.mixpanel_timeout_seconds, settings.outbound_proxies),
+        upstream=upstream,
     )
     app.extensions["mpproxy"] = rt
     init_cors(app, settings.frontend_url)

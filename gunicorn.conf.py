@@ -1,7 +1,7 @@
 """gunicorn settings: gevent workers, graceful drain, Prometheus multiprocess metrics.
 
 `gunicorn -c gunicorn.conf.py app:app` (the Procfile and Dockerfile do exactly this).
-Settings come from proxy.settings, so a bad configuration stops the master with one
+Settings come from core.settings, so a bad configuration stops the master with one
 line before any worker starts.
 """
 
@@ -12,7 +12,7 @@ import shutil
 import sys
 import tempfile
 
-from proxy.settings import ConfigError, Settings
+from core.settings import ConfigError, Settings
 
 try:
     _settings = Settings.from_env()

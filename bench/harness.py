@@ -509,7 +509,7 @@ class Bench:
         return result
 
     def run_isolation_suite(self) -> dict:
-        from proxy.settings import Settings
+        from core.settings import Settings
 
         defaults = DeliveryConfig()
         runs = [self.clean_run(lambda k=key: self.run_isolation(k)) for key in ISOLATION]

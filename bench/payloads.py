@@ -1,7 +1,7 @@
 """Request bodies for the scenarios, generated from a fixed seed.
 
 Each scenario gets a file with one request body per line (the wrk script cycles
-through them). The shapes follow what the SDKs really send (WIRE-FORMATS.md):
+through them). The shapes follow what the SDKs really send (docs/wire-formats.md):
 
 - `browser`: mixpanel-browser 2.x batch, 50 events, `data=<percent-encoded base64>`;
 - `single`: one browser event per request (batching off), same encoding;

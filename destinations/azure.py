@@ -16,9 +16,9 @@ from typing import Any
 from azure.core import exceptions as ax
 from azure.storage.blob import BlobServiceClient, ContentSettings
 
+from core.settings import ConfigError, Settings
 from destinations.base import LazyClient, PermanentError, TransientError
 from destinations.lake import LakeConfig, LakeSink, LakeWriter
-from proxy.settings import ConfigError, Settings
 
 CLIENT_OPTIONS = {"retry_total": 0, "connection_timeout": 5, "read_timeout": 60}  # the delivery layer owns retries
 TRANSIENT_CODES = {"ServerBusy", "OperationTimedOut", "InternalError", "IngressOverAccountLimit"}
@@ -148,7 +148,7 @@ class AzureSink(LakeSink):
 
     def __init__(self, settings: Settings) -> None:
         self.config = AzureConfig.from_settings(settings)
-        self.writer = LakeWriter(AzureStore(self.config), LakeConfig.from_settings(settings))
+        super().__init__(LakeWriter(AzureStore(self.config), LakeConfig.from_settings(settings)))
 
     def health(self) -> dict[str, Any]:
         return {"container": self.config.container, "account": self.config.account or "from connection string"}

@@ -1,33 +1,47 @@
-"""The destination contract every module implements, and the errors that drive retries.
+"""The destination contract: what every destination module implements.
 
-A destination receives the same immutable `Ingest` as every other destination and
-returns a `WriteResult`. It raises `TransientError` for trouble worth retrying and
-`PermanentError` for trouble that retrying cannot fix; only the delivery layer
-decides what to do about either.
+Two shapes exist, and a registry factory says which one it builds (no probing):
+
+* A `Destination` takes whole requests (`write(ingest) -> WriteResult`). Only
+  Mixpanel's synchronous forwarding is one: the SDK waits for Mixpanel's verdict.
+* A `RowSink` takes rows. It is everything else (lakes, warehouses, Pub/Sub, and
+  Mixpanel with `MIXPANEL_DELIVERY=batch`). The delivery layer
+  (`destinations/delivery.py`) wraps it into a `Destination` that buffers, splits,
+  retries, dead-letters and reports. See `RowSink` for the contract and
+  docs/architecture.md for how to add one.
+
+Errors: raise `TransientError` for trouble worth retrying and `PermanentError` for
+trouble retrying cannot fix. Only the delivery layer decides what to do about either.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
-from proxy.records import Ingest
+from core.records import Ingest
+from core.retry import DestinationError, PermanentError, TransientError, short_error
+
+__all__ = [
+    "Capabilities",
+    "Chunk",
+    "Destination",
+    "DestinationError",
+    "LazyClient",
+    "PermanentError",
+    "Rejection",
+    "RowChunk",
+    "RowSink",
+    "SinkResult",
+    "TransientError",
+    "UpstreamReply",
+    "WriteResult",
+    "short_error",
+]
 
 Status = Literal["success", "queued", "error"]
-
-
-class DestinationError(Exception):
-    """Base class. `str(err)` must be safe to show a client: no payloads, SQL or secrets."""
-
-
-class TransientError(DestinationError):
-    """Throttling, 5xx, timeouts, connection resets: try again later."""
-
-
-class PermanentError(DestinationError):
-    """Bad credentials, missing permission, rejected rows: dead-letter at once."""
 
 
 @dataclass(frozen=True)
@@ -64,11 +78,14 @@ class WriteResult:
         return out
 
 
-@runtime_checkable
 class Destination(Protocol):
+    """One request's records in, one `WriteResult` out, under `timeout` seconds."""
+
     name: str
     #: Per-destination deadline inside dispatch(), seconds.
     timeout: float
+    #: Whether this destination reads `ingest.rows` (the row model), built once per request.
+    needs_rows: bool
 
     def write(self, ingest: Ingest) -> WriteResult: ...
 
@@ -79,10 +96,184 @@ class Destination(Protocol):
         """Delete only what this proxy owns, matched exactly; return what was dropped."""
 
     def health(self) -> dict[str, Any]:
-        """Readiness, cheap enough for a health probe."""
+        """State, cheap enough for a health probe: see delivery.DestinationState."""
+
+    def redeliver(self, table: str, rows: list[Any]) -> int:
+        """Write rows taken back from the dead letter (the `replay` command); raise on failure."""
 
     def close(self, timeout: float | None = None) -> None:
         """Flush (within `timeout` seconds) and release clients."""
+
+
+# --- row sinks --------------------------------------------------------------------------
+
+Takes = Literal["rows", "lines", "records"]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a sink can take, declared once; the delivery layer plans every write around it.
+
+    takes            "rows": row dicts (destinations/rows.py); "lines": the same rows encoded
+                     once as (insert hour, NDJSON bytes) pairs; "records": the SDK-shaped
+                     payloads as Mixpanel would receive them, grouped by endpoint.
+    max_rows         the most rows one `write` may carry; buffers are split to fit.
+    max_bytes        the most encoded bytes one `write` may carry (NDJSON size); a single
+                     row larger than this still travels alone, and the sink may reject it.
+    attempt_timeout  seconds one attempt may take before it counts as a transient failure
+                     (`<NAME>_ATTEMPT_TIMEOUT_SECONDS` overrides it). A load job is not an
+                     HTTP call: set what the service needs, not a global default.
+    idempotent       True when writing the same rows twice stores them once (by insert_id),
+                     so retries and replays cannot duplicate.
+    """
+
+    takes: Takes = "rows"
+    max_rows: int = 10_000
+    max_bytes: int = 8 * 1024 * 1024
+    attempt_timeout: float = 30.0
+    idempotent: bool = False
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """One row the destination refused: its position in the write, and the service's reason."""
+
+    index: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class SinkResult:
+    """What one write did: rows stored, and rows refused one by one (the rest of the write
+    stands). The delivery layer dead-letters each rejected row with its reason."""
+
+    written: int
+    rejected: tuple[Rejection, ...] = ()
+
+    @classmethod
+    def all_of(cls, items: Sequence[Any] | Chunk) -> SinkResult:
+        return cls(len(items))
+
+
+class Chunk(Protocol):
+    """Rows that one write delivers. `nbytes` is what the chunk costs in memory; `full` means
+    it takes no more rows (a fresh chunk always takes at least one)."""
+
+    nbytes: int
+    full: bool
+
+    def __len__(self) -> int: ...
+
+    def add(self, items: list[Any], size: int = 0) -> int:
+        """Take what fits of `items` (`size` bytes encoded); return how many were taken."""
+        ...
+
+    def payload(self) -> Any:
+        """What `RowSink.write` receives: a list of items, or the chunk itself."""
+        ...
+
+    def pieces(self) -> Iterator[list[Any]]:
+        """The items again, in lists the dead letter can take one at a time."""
+        ...
+
+    def select(self, indices: Sequence[int]) -> list[Any]:
+        """The items at these positions of `payload()`, for dead-lettering rejected rows."""
+        ...
+
+
+class RowChunk:
+    """The plain chunk: a list of items (row dicts, lines or records) of at most `max_rows`
+    items and `max_bytes` encoded bytes. It costs what its items take encoded."""
+
+    __slots__ = ("items", "nbytes", "max_rows", "max_bytes")
+
+    def __init__(self, max_rows: int = 1 << 62, max_bytes: int = 1 << 62) -> None:
+        self.items: list[Any] = []
+        self.nbytes = 0
+        self.max_rows = max_rows
+        self.max_bytes = max_bytes
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def full(self) -> bool:
+        return len(self.items) >= self.max_rows or self.nbytes >= self.max_bytes
+
+    def add(self, items: list[Any], size: int = 0) -> int:
+        room = self.max_rows - len(self.items)
+        if room <= 0 or not items:
+            return 0
+        each = size / len(items)
+        fits = min(room, len(items), max(1 if not self.items else 0, int((self.max_bytes - self.nbytes) // max(each, 1))))
+        if fits <= 0:
+            return 0
+        self.items.extend(items[:fits] if fits < len(items) else items)
+        self.nbytes += round(each * fits)
+        return fits
+
+    def payload(self) -> list[Any]:
+        return self.items
+
+    def pieces(self) -> Iterator[list[Any]]:
+        yield self.items
+
+    def select(self, indices: Sequence[int]) -> list[Any]:
+        return [self.items[i] for i in indices]
+
+
+class RowSink:
+    """How rows reach one service. Subclass it, set `name` and `capabilities`, implement
+    `write`; the other methods default to doing nothing.
+
+    The delivery layer guarantees:
+      * `write(table, items)` gets at most `capabilities.max_rows` items and, apart from a
+        single oversized row, at most `capabilities.max_bytes` encoded bytes, all for one
+        table, in the shape `capabilities.takes` names;
+      * each attempt is cut off after `capabilities.attempt_timeout` seconds, then retried
+        under the one retry policy (core/retry.py);
+      * `setup()` has succeeded in this process before the first `write`;
+      * `close()` is called once, after the last write.
+
+    The sink promises:
+      * `write` returns a `SinkResult`: how many rows it stored and which it refused, each
+        with the service's reason (a bad value, a row over the size limit). Refused rows
+        are dead-lettered by the delivery layer; the rest count as written and are never
+        sent again. `written + len(rejected)` must equal the number of items;
+      * it raises `TransientError` when nothing (or an unknown part) was stored and a retry
+        may help, `PermanentError` when no retry can (credentials, permissions, a missing
+        table that `setup` cannot create); the whole write is then retried or
+        dead-lettered. A retried write carries the same rows with the same `insert_id`s;
+      * `setup()` creates what is missing and is idempotent; it never drops, replaces or
+        truncates anything that may hold data;
+      * `drop(tables)` deletes only what this proxy owns, matched exactly (tables, the
+        `<prefix>/<table>/` objects, per-kind topics), and returns what it deleted;
+      * nothing it raises or returns carries payloads, SQL text with values, or secrets.
+
+    A sink may also supply `new_chunk()`, its own buffer chunk (the lakes compress rows as
+    they arrive); its `write` then receives that chunk's `payload()`.
+    """
+
+    name: ClassVar[str] = ""
+    capabilities: Capabilities = Capabilities()
+
+    def write(self, table: str, items: Any) -> SinkResult:
+        raise NotImplementedError
+
+    def new_chunk(self, max_rows: int, max_bytes: int) -> Chunk:
+        return RowChunk(max_rows, max_bytes)
+
+    def setup(self) -> None:
+        """Create what is missing (idempotent, never destructive)."""
+
+    def drop(self, tables: list[str]) -> list[str]:
+        return []
+
+    def health(self) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        """Release clients; the delivery layer has already flushed."""
 
 
 T = TypeVar("T")
@@ -109,11 +300,6 @@ class LazyClient(Generic[T]):
     def close(self) -> None:
         with self._lock:
             client, self._client = self._client, None
-        if client is not None and callable(getattr(client, "close", None)):
-            client.close()
-
-
-def short_error(exc: BaseException, limit: int = 200) -> str:
-    """A one-line, bounded description of an exception for replies and logs."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+        close = getattr(client, "close", None)
+        if close is not None:
+            close()

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.settings import Settings
 from destinations.rows import Row, json_safe
 
 log = logging.getLogger(__name__)
@@ -66,13 +67,11 @@ class DeadLetter:
         self._size: int | None = None
 
     @classmethod
-    def from_settings(cls, settings: Any) -> DeadLetter:
-        """The local spool, or with `pubsub_bad_topic` set, the topic (spooling when it fails)."""
-        if settings.get("pubsub_bad_topic"):
-            from destinations.pubsub import topic_dead_letter
-
-            return topic_dead_letter(settings)
-        return cls(settings.get("dead_letter_dir", "./spool"), settings.get_int("dead_letter_max_bytes", 1 << 30, 1024))
+    def from_settings(cls, settings: Settings) -> DeadLetter:
+        """The local spool. (With `pubsub_bad_topic` set, destinations.build_dead_letter
+        puts the topic in front of it.)"""
+        directory = settings.get("dead_letter_dir", "./spool") or "./spool"
+        return cls(directory, settings.get_int("dead_letter_max_bytes", 1 << 30, 1024))
 
     def _current_size(self) -> int:
         if self._size is None:

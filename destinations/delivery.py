@@ -17,47 +17,24 @@ the SDK is told to retry (503).
 from __future__ import annotations
 
 import logging
-import math
-import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-import gevent
-
-from destinations.base import PermanentError, TransientError, WriteResult, short_error
+from core import metrics
+from core.records import Ingest, Kind
+from core.retry import PermanentError, RetriesExhausted, RetryPolicy, short_error
+from core.settings import ConfigError, Settings
+from destinations.base import Capabilities, Chunk, RowSink, SinkResult, WriteResult
 from destinations.deadletter import DeadLetter, DeadLetterFull
-from destinations.rows import Row, RowBatch, to_rows
+from destinations.rows import RowBatch, dumps_row, hour_of, to_rows
 from destinations.schema import TableSchema
-from proxy import metrics
-from proxy.records import Ingest, Kind
-from proxy.settings import Settings
 
 log = logging.getLogger(__name__)
 FREEZING_RUNTIMES = {"AWS", "GCP", "AZURE", "LAMBDA", "FUNCTIONS"}
-
-
-class RowSink(Protocol):
-    """How rows reach one service. Raise TransientError or PermanentError on failure."""
-
-    name: str
-
-    def write_rows(self, table: str, rows: list[Row]) -> int: ...
-
-    # Optional: `write_lines(table, lines: list[Line]) -> int` takes rows already encoded as
-    # NDJSON (see destinations.rows.RowBatch.lines); the delivery layer then buffers lines.
-    # Optional with it: `new_chunk() -> Chunk`, the sink's own buffer chunk, which
-    # `write_lines` then receives as it is (the lakes' gzip-as-you-go PackedRows).
-
-    def setup(self) -> None: ...
-
-    def drop(self, tables: list[str]) -> list[str]: ...
-
-    def health(self) -> dict[str, Any]: ...
-
-    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -68,122 +45,73 @@ class DeliveryConfig:
     max_bytes: int = 32 * 1024 * 1024
     max_seconds: float = 10.0
     max_buffer_bytes: int = 64 * 1024 * 1024
-    retry_max_attempts: int = 5
-    retry_max_seconds: float = 30.0
-    retry_base_seconds: float = 0.2
+    retry: RetryPolicy = RetryPolicy()
+    # Seconds one attempt may take: the sink's own default unless <NAME>_ATTEMPT_TIMEOUT_SECONDS is set.
+    attempt_timeout: float = Capabilities.attempt_timeout
 
     @classmethod
-    def from_settings(cls, settings: Settings, name: str) -> DeliveryConfig:
+    def from_settings(cls, settings: Settings, name: str, capabilities: Capabilities | None = None) -> DeliveryConfig:
         def pick(key: str, getter: Callable[..., Any], default: Any, minimum: float) -> Any:
             return getter(f"{name}_{key}", getter(key, default, minimum), minimum)
 
+        caps = capabilities or Capabilities()
         max_records = pick("batch_max_records", settings.get_int, cls.max_records, 1)
         default_mode = "sync" if settings.runtime in FREEZING_RUNTIMES or max_records == 1 else "batch"
         mode = (settings.get(f"{name}_delivery") or settings.get("delivery") or default_mode).lower()
         if mode not in {"sync", "batch"}:
-            from proxy.settings import ConfigError
-
             raise ConfigError(f"DELIVERY={mode!r} must be batch or sync")
+        retry = RetryPolicy(
+            max_attempts=pick("retry_max_attempts", settings.get_int, RetryPolicy.max_attempts, 1),
+            max_seconds=pick("retry_max_seconds", settings.get_float, RetryPolicy.max_seconds, 0),
+            base_seconds=pick("retry_base_seconds", settings.get_float, RetryPolicy.base_seconds, 0),
+        )
         return cls(
             mode="sync" if max_records == 1 else mode,
             max_records=max_records,
             max_bytes=pick("batch_max_bytes", settings.get_int, cls.max_bytes, 1),
             max_seconds=pick("batch_max_seconds", settings.get_float, cls.max_seconds, 0.05),
             max_buffer_bytes=pick("max_buffer_bytes", settings.get_int, cls.max_buffer_bytes, 1024),
-            retry_max_attempts=pick("retry_max_attempts", settings.get_int, cls.retry_max_attempts, 1),
-            retry_max_seconds=pick("retry_max_seconds", settings.get_float, cls.retry_max_seconds, 0),
-            retry_base_seconds=pick("retry_base_seconds", settings.get_float, cls.retry_base_seconds, 0),
+            retry=retry,
+            attempt_timeout=settings.get_float(f"{name}_attempt_timeout_seconds", caps.attempt_timeout, 0.1),
         )
 
 
-def deliver_with_retries(
-    name: str,
-    write: Callable[[], int],
-    config: DeliveryConfig,
-    stop: threading.Event | None = None,
-    deadline: float | None = None,
-    attempt_timeout: float | None = None,
-) -> tuple[int, str | None, int]:
-    """Run `write` until it succeeds, fails permanently, or runs out of attempts or time
-    (RETRY_MAX_SECONDS, or `deadline` on the monotonic clock if sooner). Each attempt is
-    cut off after `attempt_timeout` seconds, so a destination that hangs counts as a
-    transient failure. Returns (rows written, error or None, attempts)."""
-    started = time.monotonic()
-    deadline = min(deadline or math.inf, started + config.retry_max_seconds)
-    attempt = 0
-    while True:
-        # An attempt never outlives the deadline: whoever set it must still have time to spool.
-        limit = min(attempt_timeout or math.inf, deadline - time.monotonic())
-        if limit <= 0:
-            return 0, "transient: no time left before the deadline", attempt
-        attempt += 1
-        try:
-            timeout = None if limit == math.inf else limit
-            cutoff = TransientError(f"no answer within {limit:.3g}s") if timeout else None
-            with gevent.Timeout(timeout, cutoff):
-                return write(), None, attempt
-        except PermanentError as exc:
-            return 0, f"permanent: {short_error(exc)}", attempt
-        except TransientError as exc:
-            error = f"transient: {short_error(exc)}"
-        except Exception as exc:  # noqa: BLE001 - an unclassified SDK error is treated as transient
-            log.warning("unclassified error from %s: %s", name, type(exc).__name__)
-            error = f"transient: {type(exc).__name__}: {short_error(exc)}"
-        delay = min(config.retry_base_seconds * 2 ** (attempt - 1), 10.0) * (0.5 + random.random())
-        out_of_time = time.monotonic() + delay > deadline
-        if attempt >= config.retry_max_attempts or out_of_time or (stop is not None and stop.is_set()):
-            return 0, error, attempt
-        metrics.RETRIES.labels(name).inc()
-        time.sleep(delay)
+@dataclass
+class DestinationState:
+    """What /health reports for one destination: ok, retrying, dead_lettering or buffer_full,
+    with the last error, when things last went right and wrong, and counts."""
 
+    state: str = "ok"
+    last_error: str | None = None
+    last_error_at: float | None = None
+    last_success_at: float | None = None
+    retries: int = 0
+    written_rows: int = 0
+    dead_lettered_rows: int = 0
+    rejected_rows: int = 0
 
-class Chunk(Protocol):
-    """Rows that one write delivers. `nbytes` is what the chunk costs in memory."""
-
-    nbytes: int
-    full: bool
-
-    def __len__(self) -> int: ...
-
-    def add(self, items: list[Any], size: int = 0) -> int:
-        """Take what fits of `items` (`size` bytes encoded); return how many were taken."""
-        ...
-
-    def pieces(self) -> Iterator[list[Any]]:
-        """The rows again, in lists the dead letter can take one at a time."""
-        ...
-
-
-class _Chunk:
-    """The plain chunk: a list of row dicts, or of (hour, NDJSON line) pairs for sinks with
-    `write_lines`. It costs what its rows take encoded."""
-
-    __slots__ = ("items", "nbytes")
-    full = False
-
-    def __init__(self) -> None:
-        self.items: list[Any] = []
-        self.nbytes = 0
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def add(self, items: list[Any], size: int = 0) -> int:
-        self.items.extend(items)
-        self.nbytes += size
-        return len(items)
-
-    def pieces(self) -> Iterator[list[Any]]:
-        yield self.items
+    def as_dict(self, now: float) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "state": self.state,
+            "written_rows": self.written_rows,
+            "dead_lettered_rows": self.dead_lettered_rows,
+            "rejected_rows": self.rejected_rows,
+            "retries": self.retries,
+        }
+        if self.last_error:
+            out["last_error"] = self.last_error
+            out["last_error_age_seconds"] = round(now - (self.last_error_at or now), 1)
+        if self.last_success_at is not None:
+            out["last_success_age_seconds"] = round(now - self.last_success_at, 1)
+        return out
 
 
 class _Buffer:
-    """Rows waiting for one destination: per table, a list of chunks of at most
-    `max_records` rows, each delivered by one write. Not thread-safe: the owner locks."""
+    """Rows waiting for one destination: per table, a list of chunks, each delivered by one
+    write and sized to what the sink can take. Not thread-safe: the owner locks."""
 
-    def __init__(self, new_chunk: Callable[[], Chunk], max_records: int) -> None:
+    def __init__(self, new_chunk: Callable[[], Chunk]) -> None:
         self.new_chunk = new_chunk
-        self.max_records = max_records
         self.tables: dict[str, list[Chunk]] = {}
         self.rows = 0
         self.bytes = 0
@@ -196,11 +124,11 @@ class _Buffer:
         chunks = self.tables.setdefault(table, [])
         start = 0
         while start < len(items):
-            if not chunks or chunks[-1].full or len(chunks[-1]) >= self.max_records:
+            if not chunks or chunks[-1].full:
                 chunks.append(self.new_chunk())
             chunk = chunks[-1]
             before = chunk.nbytes
-            piece = items[start : start + self.max_records - len(chunk)]
+            piece = items[start:] if start else items
             taken = chunk.add(piece, size * len(piece) // len(items))
             if not taken:  # the next row does not fit: a fresh chunk always takes one
                 chunks.append(self.new_chunk())
@@ -226,18 +154,19 @@ class RowDestination:
     ) -> None:
         self.sink = sink
         self.name = sink.name
+        self.capabilities = sink.capabilities
+        self.needs_rows = self.capabilities.takes != "records"
         self.schemas = schemas
         self.config = config
         self.dead_letter = dead_letter
         self.timeout = timeout
         self.clock = clock
+        self.state = DestinationState()
         self._lock = threading.Lock()
         # Chunks a flush is delivering right now, so a drain can spool them if it is stuck.
         self._inflight: dict[int, tuple[str, Chunk]] = {}
-        # Sinks that take encoded NDJSON lines (the lakes) get rows encoded once per request,
-        # and may supply their own chunk (lakes compress rows as they arrive).
-        self._encoded = callable(getattr(sink, "write_lines", None))
-        self._new_chunk: Callable[[], Chunk] = (getattr(sink, "new_chunk", None) if self._encoded else None) or _Chunk
+        self._chunk_rows = min(config.max_records, self.capabilities.max_rows)
+        self._chunk_bytes = min(config.max_bytes, self.capabilities.max_bytes)
         self._buffer = self._empty_buffer()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -248,12 +177,11 @@ class RowDestination:
     # -- the Destination contract ------------------------------------------------------
     def write(self, ingest: Ingest) -> WriteResult:
         started = time.monotonic()
-        batch = ingest.rows if ingest.rows is not None else to_rows(ingest.records, self.schemas)
-        self._count(batch, len(ingest.records))
+        tables = self._tables(ingest)
         if self.config.mode == "sync" or self._stop.is_set():
             # Once draining has begun nobody will flush a buffer again: late requests write through.
-            return self._write_now(batch, started)
-        return self._enqueue(batch, started)
+            return self._write_now(tables, started)
+        return self._enqueue(tables, started)
 
     def setup(self) -> None:
         """Single-flight per process: concurrent first requests wait for one set-up."""
@@ -270,11 +198,29 @@ class RowDestination:
     def health(self) -> dict[str, Any]:
         with self._lock:
             depth, size, oldest = self._buffer.rows, self._buffer.bytes, self._buffer.oldest
-        info = {"mode": self.config.mode, "buffered_rows": depth, "buffered_bytes": size}
+        now = time.time()
+        info = {"mode": self.config.mode, "buffered_rows": depth, "buffered_bytes": size, **self.state.as_dict(now)}
         if oldest is not None:
             info["oldest_unflushed_seconds"] = round(self.clock() - oldest, 3)
         info.update(self.sink.health())
         return info
+
+    def redeliver(self, table: str, rows: list[Any]) -> int:
+        """Write rows back from the dead letter, split to the sink's limits; raise on failure.
+        Rows spooled as dicts are encoded again for sinks that take lines."""
+        if self.capabilities.takes == "lines":
+            rows = [(hour_of(r), dumps_row(r).encode("utf-8")) for r in rows]
+        buffer = self._empty_buffer()
+        buffer.add(table, rows, sum(len(dumps_row(r)) for r in rows) if self.capabilities.takes != "lines" else 0, 0)
+        written = 0
+        for chunk in buffer.tables.get(table, []):
+            result = self.config.retry.run(
+                lambda c=chunk: self._attempt(table, c), attempt_timeout=self.config.attempt_timeout
+            )
+            if result.rejected:
+                self._spool_rejected(table, chunk, result, 0)
+            written += result.written
+        return written
 
     def close(self, timeout: float | None = None) -> None:
         """Stop the flusher and drain within `timeout`: write what we can, spool the rest.
@@ -283,7 +229,7 @@ class RowDestination:
         so is the rest of the buffer, without waiting on that destination again. Otherwise the
         buffer is written with a quarter of the time held back for spooling what fails: a
         drain that overruns `timeout` is killed by gunicorn, and what it held is lost."""
-        budget = timeout if timeout is not None else self.config.retry_max_seconds
+        budget = timeout if timeout is not None else self.config.retry.max_seconds
         started = time.monotonic()
         self._stop.set()
         self._wake.set()
@@ -313,19 +259,40 @@ class RowDestination:
             log.error("%s: %d rows lost at shutdown: the destination failed and the dead letter is full", self.name, lost)
         self.sink.close()
 
+    # -- what a request hands over ------------------------------------------------------
+    def _tables(self, ingest: Ingest) -> list[tuple[str, list[Any], int]]:
+        """[(table, items, encoded bytes)] in the shape the sink takes, counted on the way in."""
+        metrics.RECORDS_IN.labels(self.name).inc(len(ingest.records))
+        if self.capabilities.takes == "records":
+            items = [r.payload for r in ingest.records]
+            return [(ingest.endpoint, items, sum(len(dumps_row(p)) + 1 for p in items))] if items else []
+        batch: RowBatch = ingest.rows if ingest.rows is not None else to_rows(ingest.records, self.schemas)
+        for reason, count in batch.dropped.items():
+            metrics.DROPPED.labels(self.name, reason).inc(count)
+        for column, count in batch.cast_failures.items():
+            metrics.CAST_FAILURES.labels(column).inc(count)
+        out = []
+        for table, rows in batch.tables.items():
+            lines = batch.lines(table)  # encoded once per request, shared by every row destination
+            items = lines if self.capabilities.takes == "lines" else rows
+            out.append((table, items, sum(len(line) + 1 for _, line in lines)))
+        return out
+
     # -- sync ---------------------------------------------------------------------------
-    def _write_now(self, batch: RowBatch, started: float) -> WriteResult:
+    def _write_now(self, tables: list[tuple[str, list[Any], int]], started: float) -> WriteResult:
         inserted = failed = 0
         errors: list[str] = []
         deadline = started + self.timeout * 0.8  # leave time to spool before dispatch() gives up on us
-        for table in batch.tables:
-            chunk = _Chunk()
-            chunk.add(self._items(batch, table))
-            written, error = self._deliver(table, chunk, deadline)
-            inserted += written
-            if error:
-                failed += len(chunk)
-                errors.append(error)
+        buffer = self._empty_buffer()
+        for table, items, size in tables:
+            buffer.add(table, items, size, 0)
+        for table, chunks in buffer.tables.items():
+            for chunk in chunks:
+                written, error = self._deliver(table, chunk, deadline)
+                inserted += written
+                if error:
+                    failed += len(chunk) - written
+                    errors.append(error)
         duration = (time.monotonic() - started) * 1000
         if errors:
             # The rows are safe in the dead letter (or _deliver raised): the SDK need not retry.
@@ -333,30 +300,28 @@ class RowDestination:
         return WriteResult(self.name, "success", inserted, 0, duration)
 
     # -- batch --------------------------------------------------------------------------
-    def _enqueue(self, batch: RowBatch, started: float) -> WriteResult:
+    def _enqueue(self, tables: list[tuple[str, list[Any], int]], started: float) -> WriteResult:
         self._ensure_flusher()
         spill: list[tuple[str, list[Any]]] = []
         queued = 0
         now = self.clock()
-        sized = [
-            (table, self._items(batch, table), sum(len(line) + 1 for _, line in batch.lines(table))) for table in batch.tables
-        ]
         with self._lock:
-            for table, rows, size in sized:
+            for table, items, size in tables:
                 if self._buffer.bytes + size > self.config.max_buffer_bytes:
-                    spill.append((table, rows))
+                    spill.append((table, items))
                     continue
-                self._buffer.add(table, rows, size, now)
-                queued += len(rows)
+                self._buffer.add(table, items, size, now)
+                queued += len(items)
             # Flush early when the buffer is half full, so spilling is only for a destination that is down.
             pressure = min(self.config.max_bytes, self.config.max_buffer_bytes // 2)
             full = self._buffer.rows >= self.config.max_records or self._buffer.bytes >= pressure
             self._publish_gauges()
         if full:
             self._wake.set()
-        for table, rows in spill:
+        for table, items in spill:
             # The destination is not keeping up: spill rather than grow (raises DeadLetterFull -> 503).
-            self._spool(table, rows, "buffer_full", 0)
+            self.state.state = "buffer_full"
+            self._spool(table, items, "buffer_full", 0)
         duration = (time.monotonic() - started) * 1000
         return WriteResult(self.name, "queued", queued, 0, duration, "buffer full: spooled" if spill else None)
 
@@ -434,31 +399,62 @@ class RowDestination:
             self._publish_gauges()
 
     def _empty_buffer(self) -> _Buffer:
-        return _Buffer(self._new_chunk, self.config.max_records)
+        return _Buffer(lambda: self.sink.new_chunk(self._chunk_rows, self._chunk_bytes))
 
-    def _items(self, batch: RowBatch, table: str) -> list[Any]:
-        return batch.lines(table) if self._encoded else batch.tables[table]
+    # -- one chunk, retried, then dead-lettered -------------------------------------------
+    def _attempt(self, table: str, chunk: Chunk) -> SinkResult:
+        self.setup()  # single-flight, once per process; a failure here is retried like a write
+        result = self.sink.write(table, chunk.payload())
+        if result.written + len(result.rejected) != len(chunk):
+            # A sink that cannot account for every row broke the contract: treat the write as
+            # unknown rather than acknowledge rows that may not be stored.
+            raise PermanentError(
+                f"{self.name} reported {result.written} written and {len(result.rejected)} rejected of {len(chunk)} rows"
+            )
+        return result
 
     def _deliver(self, table: str, chunk: Chunk, deadline: float | None = None, key: int | None = None) -> tuple[int, str | None]:
         """Write with retries; on failure dead-letter. Raises DeadLetterFull if even that fails.
         A draining flush (with a deadline) keeps retrying until the deadline; otherwise
-        stopping cuts the retries short so shutdown is not held up by a dead destination."""
+        stopping cuts the retries short so shutdown is not held up by a dead destination.
+        Returns (rows written, the error that sent the rest to the dead letter)."""
         started = time.monotonic()
-        stop = None if deadline is not None else self._stop
+        should_stop = None if deadline is not None else self._stop.is_set
 
-        def write() -> int:
-            self.setup()  # single-flight, once per process; a failure here is retried like a write
-            # A plain chunk hands over its list; a sink's own chunk (a lake's PackedRows) goes as it is.
-            payload = chunk.items if isinstance(chunk, _Chunk) else chunk
-            return self.sink.write_lines(table, payload) if self._encoded else self.sink.write_rows(table, payload)
+        def retrying(attempt: int, error: Exception) -> None:
+            metrics.RETRIES.labels(self.name).inc()
+            self.state.retries += 1
+            self.state.state = "retrying"
+            self._note_error(f"transient: {short_error(error)}")
 
-        written, error, attempts = deliver_with_retries(self.name, write, self.config, stop, deadline, self.timeout)
+        attempts = 0
+        try:
+            result = self.config.retry.run(
+                lambda: self._attempt(table, chunk),
+                deadline=deadline,
+                attempt_timeout=self.config.attempt_timeout,
+                should_stop=should_stop,
+                on_retry=retrying,
+            )
+            error = None
+        except PermanentError as exc:
+            result, error, attempts = None, f"permanent: {short_error(exc)}", 1
+        except RetriesExhausted as exc:
+            result, error, attempts = None, f"transient: {short_error(exc.last)}", exc.attempts
         metrics.FLUSH_SECONDS.labels(self.name).observe(time.monotonic() - started)
-        if error is None:
+        if result is not None:
             metrics.FLUSHES.labels(self.name, "ok").inc()
-            metrics.ROWS_OUT.labels(self.name).inc(written)
-            return written, None
+            metrics.ROWS_OUT.labels(self.name).inc(result.written)
+            self.state.written_rows += result.written
+            self.state.last_success_at = time.time()
+            self.state.state = "ok"
+            if result.rejected:
+                self._spool_rejected(table, chunk, result, 1)
+                return result.written, result.rejected[0].reason
+            return result.written, None
         metrics.FLUSHES.labels(self.name, "failed").inc()
+        self.state.state = "dead_lettering"
+        self._note_error(error)
         log.warning(
             "%s: %d rows to %s failed after %d attempts (%s); dead-lettering", self.name, len(chunk), table, attempts, error
         )
@@ -468,21 +464,30 @@ class RowDestination:
             self._spool_chunk(table, chunk, error, attempts)
         return 0, error
 
+    def _note_error(self, error: str | None) -> None:
+        self.state.last_error = error
+        self.state.last_error_at = time.time()
+
+    def _spool_rejected(self, table: str, chunk: Chunk, result: SinkResult, attempts: int) -> None:
+        """Dead-letter exactly the rows the sink refused, each group with its own reason."""
+        by_reason: dict[str, list[int]] = defaultdict(list)
+        for rejection in result.rejected:
+            by_reason[rejection.reason].append(rejection.index)
+        for reason, indices in by_reason.items():
+            self._spool(table, chunk.select(indices), f"rejected: {reason}", attempts)
+        self.state.rejected_rows += len(result.rejected)
+        self._note_error(f"rejected: {result.rejected[0].reason}")
+        log.warning("%s: %d of %d rows to %s rejected; dead-lettered", self.name, len(result.rejected), len(chunk), table)
+
     def _spool_chunk(self, table: str, chunk: Chunk, reason: str, attempts: int) -> None:
         # A packed chunk is inflated and spooled a piece at a time, never all at once.
         for piece in chunk.pieces():
             self._spool(table, piece, reason, attempts)
 
-    def _spool(self, table: str, rows: list[Any], reason: str, attempts: int) -> None:
-        self.dead_letter.put(self.name, table, rows, reason, attempts, encoded=self._encoded)
-        metrics.DEAD_LETTERED.labels(self.name, reason.split(":", 1)[0]).inc(len(rows))
-
-    def _count(self, batch: RowBatch, records: int) -> None:
-        metrics.RECORDS_IN.labels(self.name).inc(records)
-        for reason, count in batch.dropped.items():
-            metrics.DROPPED.labels(self.name, reason).inc(count)
-        for column, count in batch.cast_failures.items():
-            metrics.CAST_FAILURES.labels(column).inc(count)
+    def _spool(self, table: str, items: list[Any], reason: str, attempts: int) -> None:
+        self.dead_letter.put(self.name, table, items, reason, attempts, encoded=self.capabilities.takes == "lines")
+        metrics.DEAD_LETTERED.labels(self.name, reason.split(":", 1)[0]).inc(len(items))
+        self.state.dead_lettered_rows += len(items)
 
     def _publish_gauges(self) -> None:
         buffer = self._buffer
@@ -491,4 +496,4 @@ class RowDestination:
         metrics.OLDEST_AGE.labels(self.name).set(0 if buffer.oldest is None else self.clock() - buffer.oldest)
 
 
-__all__ = ["DeadLetterFull", "DeliveryConfig", "RowDestination", "RowSink", "deliver_with_retries"]
+__all__ = ["DeadLetterFull", "DeliveryConfig", "DestinationState", "RowDestination"]

@@ -12,9 +12,10 @@ import os
 import secrets
 from pathlib import Path
 
+from core.green import off_loop
+from core.settings import Settings
 from destinations.base import PermanentError, TransientError
-from destinations.lake import LakeConfig, LakeSink, LakeWriter, off_loop
-from proxy.settings import Settings
+from destinations.lake import LakeConfig, LakeSink, LakeWriter
 
 
 class LocalStore:
@@ -64,6 +65,9 @@ class LocalStore:
             except OSError:  # another worker just wrote there
                 break
 
+    def close(self) -> None:
+        pass
+
     def list_keys(self, prefix: str) -> list[str]:
         base = self._path(prefix.rstrip("/") or ".")
         if not base.is_dir():
@@ -77,8 +81,7 @@ class FilesSink(LakeSink):
     name = "files"
 
     def __init__(self, settings: Settings) -> None:
-        self.data_dir = settings.data_dir
-        self.writer = LakeWriter(LocalStore(settings.data_dir), LakeConfig.from_settings(settings))
+        super().__init__(LakeWriter(LocalStore(settings.data_dir), LakeConfig.from_settings(settings)))
 
     def health(self) -> dict:
         return {"data_dir": str(self.writer.store.root), "writable": os.access(self.writer.store.root, os.W_OK)}

@@ -11,7 +11,6 @@ Objects are stored with `Content-Encoding: gzip`, so GCS may serve them decompre
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,11 +21,11 @@ from google.api_core import exceptions as gx
 from google.auth import exceptions as ax
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
-from google.oauth2 import service_account
 
+from core.settings import Settings
 from destinations.base import LazyClient, PermanentError, TransientError
+from destinations.google import GoogleAuth
 from destinations.lake import LakeConfig, LakeSink, LakeWriter
-from proxy.settings import ConfigError, Settings
 
 TIMEOUT = (5, 60)  # connect, read (seconds)
 # The IAM permission each operation needs, for messages that name the missing one.
@@ -44,23 +43,16 @@ class GCSConfig:
     bucket: str
     project: str | None = None
     emulator_host: str | None = None
-    service_account: str | None = None
-    private_key: str | None = field(default=None, repr=False)
-    keyfile: str | None = field(default=None, repr=False)
+    auth: GoogleAuth = field(default_factory=GoogleAuth)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> GCSConfig:
-        config = cls(
+        return cls(
             bucket=settings.require("gcs_bucket", "gcs"),
             project=settings.get("gcs_project"),
             emulator_host=settings.get("storage_emulator_host"),
-            service_account=settings.get("gcs_service_account"),
-            private_key=settings.get("gcs_service_account_private_key"),
-            keyfile=settings.get("gcs_keyfile"),
+            auth=GoogleAuth.from_settings(settings, "gcs", email_key="service_account"),
         )
-        if bool(config.service_account) != bool(config.private_key):
-            raise ConfigError("gcs_service_account and gcs_service_account_private_key must be set together")
-        return config
 
 
 class GCSStore:
@@ -78,25 +70,8 @@ class GCSStore:
         if c.emulator_host:
             options = {"api_endpoint": c.emulator_host}
             return storage.Client(project=c.project or "local", credentials=AnonymousCredentials(), client_options=options)
-        credentials = None
-        if c.service_account or c.keyfile:
-            if c.keyfile and not c.service_account:
-                if c.keyfile.lstrip().startswith("{"):
-                    info = json.loads(c.keyfile)
-                else:
-                    with open(c.keyfile, encoding="utf-8") as handle:
-                        info = json.load(handle)
-            else:
-                info = {
-                    "type": "service_account",
-                    "client_email": c.service_account,
-                    # Keys pasted into one-line variables carry literal \n.
-                    "private_key": (c.private_key or "").replace("\\n", "\n"),
-                    "token_uri": "https://oauth2.googleapis.com/token",
-                }
-            credentials = service_account.Credentials.from_service_account_info(info)
-            project = c.project or info.get("project_id")
-            return storage.Client(project=project, credentials=credentials)
+        if c.auth.configured:
+            return storage.Client(project=c.project or c.auth.project(), credentials=c.auth.credentials())
         return storage.Client(project=c.project)  # Application Default Credentials
 
     def _bucket(self) -> Any:
@@ -173,7 +148,7 @@ class GCSSink(LakeSink):
 
     def __init__(self, settings: Settings) -> None:
         self.config = GCSConfig.from_settings(settings)
-        self.writer = LakeWriter(GCSStore(self.config), LakeConfig.from_settings(settings))
+        super().__init__(LakeWriter(GCSStore(self.config), LakeConfig.from_settings(settings)))
 
     def health(self) -> dict[str, Any]:
         return {"bucket": self.config.bucket, "endpoint": self.config.emulator_host or "gcs"}

@@ -24,14 +24,13 @@ import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Protocol
 
-from gevent import monkey
-from gevent.hub import get_hub
-
+from core.green import off_loop
+from core.settings import Settings
+from destinations.base import Capabilities, RowSink, SinkResult
 from destinations.rows import Line, Row, dumps_row, hour_of
 
-T = TypeVar("T")
 CONTENT_TYPE = "application/x-ndjson"
 CONTENT_ENCODING = "gzip"
 PROBE_PREFIX = "_proxy_probe/"
@@ -54,6 +53,8 @@ class ObjectStore(Protocol):
 
     def list_keys(self, prefix: str) -> list[str]: ...
 
+    def close(self) -> None: ...
+
 
 @dataclass(frozen=True)
 class LakeConfig:
@@ -62,7 +63,7 @@ class LakeConfig:
     gzip_level: int = 6
 
     @classmethod
-    def from_settings(cls, settings) -> LakeConfig:  # noqa: ANN001 - avoid a cycle with proxy.settings typing
+    def from_settings(cls, settings: Settings) -> LakeConfig:
         prefix = (settings.get("lake_prefix") or "").strip("/")
         return cls(
             prefix=prefix,
@@ -107,14 +108,6 @@ def encode_objects(lines: Sequence[Line], max_object_bytes: int, level: int = 6)
     return out
 
 
-def off_loop(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run blocking work (zlib, disk I/O) on gevent's thread pool when gevent drives this
-    process, so the event loop keeps serving requests meanwhile; else just call it."""
-    if monkey.is_module_patched("threading"):
-        return get_hub().threadpool.apply(function, args, kwargs)
-    return function(*args, **kwargs)
-
-
 def _gzip(lines: list[bytes], level: int) -> bytes:
     # mtime=0 keeps identical input byte-identical; zlib releases the GIL on the pool.
     return off_loop(gzip.compress, b"\n".join(lines) + b"\n", compresslevel=level, mtime=0)
@@ -144,9 +137,10 @@ class PackedRows:
     `objects()` seals it; after that it only reads. The delivery buffer's lock serialises
     `add`, and a chunk is sealed only once the buffer has handed it to the flusher."""
 
-    def __init__(self, level: int = 6, max_raw_bytes: int = DEFAULT_MAX_OBJECT_BYTES) -> None:
+    def __init__(self, level: int = 6, max_raw_bytes: int = DEFAULT_MAX_OBJECT_BYTES, max_rows: int = 1 << 62) -> None:
         self.level = level
         self.max_raw_bytes = max_raw_bytes
+        self.max_rows = max_rows
         self.raw_bytes = 0
         self.nbytes = 0
         self._rows = 0
@@ -160,7 +154,17 @@ class PackedRows:
 
     @property
     def full(self) -> bool:
-        return self._sealed is not None or self.raw_bytes >= self.max_raw_bytes
+        return self._sealed is not None or self.raw_bytes >= self.max_raw_bytes or self._rows >= self.max_rows
+
+    def payload(self) -> PackedRows:
+        """A sink's `write` receives the chunk itself: sealing it is the sink's business."""
+        return self
+
+    def select(self, indices: Sequence[int]) -> list[Line]:
+        """The rows at these positions, in the order `pieces()` yields them."""
+        wanted = set(indices)
+        rows = (line for piece in self.pieces() for line in piece)
+        return [line for index, line in enumerate(rows) if index in wanted]
 
     def add(self, lines: Sequence[Line], size: int = 0) -> int:
         """Compress as many of `lines` as fit; returns how many were taken. `size` (their
@@ -171,6 +175,8 @@ class PackedRows:
         taken = 0
         for hour, line in lines:
             if self.raw_bytes and self.raw_bytes + len(line) + 1 > self.max_raw_bytes:
+                break
+            if self._rows + taken >= self.max_rows:
                 break
             by_hour.setdefault(hour, []).append(line)
             self.raw_bytes += len(line) + 1
@@ -229,22 +235,26 @@ class PackedRows:
                 yield piece
 
 
-class LakeSink:
-    """What every lake destination shares: rows and encoded lines go through `self.writer`."""
+class LakeSink(RowSink):
+    """What every lake destination shares: encoded rows go through `self.writer` as gzip
+    NDJSON objects. Objects are named uniquely, so a retried write never overwrites one;
+    it is not idempotent (a retry after a lost reply writes a second object)."""
 
-    name: str
     writer: LakeWriter
 
-    def write_rows(self, table: str, rows: list[Row]) -> int:
-        return self.write_lines(table, [(hour_of(r), dumps_row(r).encode("utf-8")) for r in rows])
+    def __init__(self, writer: LakeWriter) -> None:
+        self.writer = writer
+        self.capabilities = Capabilities(
+            takes="lines", max_rows=1 << 62, max_bytes=writer.config.max_object_bytes, attempt_timeout=60.0, idempotent=False
+        )
 
-    def write_lines(self, table: str, lines: list[Line] | PackedRows) -> int:
-        self.writer.write_lines(table, lines)
-        return len(lines)
+    def write(self, table: str, items: Sequence[Line] | PackedRows) -> SinkResult:
+        self.writer.write_lines(table, items)
+        return SinkResult(len(items))
 
-    def new_chunk(self) -> PackedRows:
+    def new_chunk(self, max_rows: int, max_bytes: int) -> PackedRows:
         """What the delivery buffer fills for this sink: rows compressed as they arrive."""
-        return PackedRows(self.writer.config.gzip_level, self.writer.config.max_object_bytes)
+        return PackedRows(self.writer.config.gzip_level, min(max_bytes, self.writer.config.max_object_bytes), max_rows)
 
     def drop(self, tables: list[str]) -> list[str]:
         return self.writer.drop(tables)
@@ -255,9 +265,7 @@ class LakeSink:
         self.writer.probe()
 
     def close(self) -> None:
-        close = getattr(self.writer.store, "close", None)
-        if close is not None:
-            close()
+        self.writer.store.close()
 
 
 class LakeWriter:

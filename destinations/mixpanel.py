@@ -1,17 +1,23 @@
-"""`mixpanel`: forward records to Mixpanel's ingestion API, synchronously.
+"""`mixpanel`: forward records to Mixpanel's ingestion API.
 
-Reads: MIXPANEL_API_HOST (or MIXPANEL_REGION), MIXPANEL_TIMEOUT_SECONDS. The SDK
-waits for Mixpanel's verdict, so this destination is not batched: it chunks to
-Mixpanel's limits, gzips, retries 429/5xx with backoff inside its deadline, and
-reports Mixpanel's reply. Also used by the pass-through routes (`forward_raw`).
+Reads: MIXPANEL_API_HOST (or MIXPANEL_REGION), MIXPANEL_TIMEOUT_SECONDS,
+MIXPANEL_DELIVERY (`sync` | `batch`), MIXPANEL_API_SECRET, or
+MIXPANEL_SERVICE_ACCOUNT_USERNAME + MIXPANEL_SERVICE_ACCOUNT_SECRET + MIXPANEL_PROJECT_ID.
+
+`sync` (the default): the SDK waits for Mixpanel's verdict. `MixpanelDestination`
+chunks to Mixpanel's limits, gzips, retries 429/5xx with backoff inside its deadline,
+and hands Mixpanel's reply back. `batch`: `MixpanelSink` is a row sink like any other,
+so the SDK gets `1` once its records are buffered and a Mixpanel outage costs nothing
+(retries, dead letter, `replay`). `MixpanelClient` is the worker's one connection pool,
+also used by the pass-through routes.
 """
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import logging
-import random
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -23,9 +29,10 @@ import certifi
 import urllib3
 from urllib3.util import make_headers, parse_url
 
-from destinations.base import UpstreamReply, WriteResult, short_error
-from proxy.records import Ingest
-from proxy.settings import Settings
+from core.records import Ingest
+from core.retry import PermanentError, RetriesExhausted, RetryPolicy, TransientError, short_error
+from core.settings import Settings
+from destinations.base import Capabilities, Rejection, RowSink, SinkResult, UpstreamReply, WriteResult
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +45,16 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 USER_AGENT = "mixpanel-dwh-proxy"
 
 
+ONE_ATTEMPT = RetryPolicy(max_attempts=1)
+
+
 class MixpanelUnavailable(Exception):
     """Mixpanel could not be reached or kept failing until the deadline."""
+
+
+def retry_after(response: UpstreamResponse) -> float | None:
+    value = response.headers.get("Retry-After", "")
+    return float(value) if value.isdigit() else None
 
 
 def _encode(value: Any) -> bytes:
@@ -97,6 +112,8 @@ class MixpanelClient:
         self.proxy = dict(proxies or {}).get(parse_url(self.base_url).scheme or "https")
         self._pool: urllib3.PoolManager | None = None
         self._lock = threading.Lock()
+        # Bounded by the deadline, not by a count: the SDK is waiting, so retry while it can.
+        self.retry = RetryPolicy(max_attempts=1000, max_seconds=timeout, base_seconds=0.1, max_delay_seconds=2.0)
 
     @property
     def pool(self) -> urllib3.PoolManager:
@@ -131,19 +148,17 @@ class MixpanelClient:
         deadline: float | None = None,
         retry: bool = True,
     ) -> UpstreamResponse:
-        """Send with retries on 429/5xx/connection errors until `deadline` (monotonic).
+        """Send with retries on 429/5xx/connection errors until `deadline` (monotonic), under
+        the one retry policy; out of time, Mixpanel's last answer is handed back as it is.
         `path` may carry its own query string; `params` are appended to it."""
         deadline = deadline or time.monotonic() + self.timeout
         url = self.base_url + path
         if params:
             url += ("&" if "?" in path else "?") + urlencode(params)
-        attempt = 0
-        last_error = "no attempt"
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise MixpanelUnavailable(f"Mixpanel unavailable: {last_error}")
-            attempt += 1
+        last: list[UpstreamResponse] = []
+
+        def attempt() -> UpstreamResponse:
+            remaining = max(0.001, deadline - time.monotonic())
             try:
                 raw = self.pool.request(
                     method,
@@ -156,24 +171,22 @@ class MixpanelClient:
                 )
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 # Only the exception's name: its text carries the URL, whose query may hold user data.
-                last_error = type(exc).__name__
-                response = None
-            else:
-                response = UpstreamResponse(raw.status, raw.headers, raw.data)
-                if response.status_code not in RETRY_STATUSES or not retry:
-                    return response
-                last_error = f"HTTP {response.status_code}"
-            if not retry:
-                raise MixpanelUnavailable(f"Mixpanel unavailable: {last_error}")
-            delay = min(2.0, 0.1 * 2 ** (attempt - 1)) * (0.5 + random.random())
-            if response is not None and response.headers.get("Retry-After", "").isdigit():
-                delay = max(delay, float(response.headers["Retry-After"]))
-            if time.monotonic() + delay >= deadline:
-                if response is not None:
-                    return response  # out of time: hand back Mixpanel's last answer
-                raise MixpanelUnavailable(f"Mixpanel unavailable: {last_error}")
-            log.info("mixpanel retry", extra={"attempt": attempt, "reason": last_error, "path": path.split("?", 1)[0]})
-            time.sleep(delay)
+                raise TransientError(type(exc).__name__) from None
+            response = UpstreamResponse(raw.status, raw.headers, raw.data)
+            if retry and response.status_code in RETRY_STATUSES:
+                last[:] = [response]
+                raise TransientError(f"HTTP {response.status_code}", retry_after(response))
+            return response
+
+        def log_retry(attempt: int, error: TransientError) -> None:
+            log.info("mixpanel retry", extra={"attempt": attempt, "reason": str(error), "path": path.split("?", 1)[0]})
+
+        try:
+            return (self.retry if retry else ONE_ATTEMPT).run(attempt, deadline=deadline, on_retry=log_retry)
+        except RetriesExhausted as exc:
+            if last:
+                return last[0]  # out of time: hand back Mixpanel's last answer
+            raise MixpanelUnavailable(f"Mixpanel unavailable: {exc.last}") from None
 
     def close(self) -> None:
         if self._pool is not None:
@@ -199,10 +212,13 @@ def _parse_reply(response: UpstreamResponse) -> Any:
 
 
 class MixpanelDestination:
-    name = "mixpanel"
+    """Synchronous forwarding: the SDK gets Mixpanel's own verdict."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.client = MixpanelClient(settings.mixpanel_api_host, settings.mixpanel_timeout_seconds, settings.outbound_proxies)
+    name = "mixpanel"
+    needs_rows = False
+
+    def __init__(self, settings: Settings, client: MixpanelClient) -> None:
+        self.client = client
         # dispatch() gives us a little longer than our own deadline so we report, not get killed.
         self.timeout = settings.mixpanel_timeout_seconds + 2.0
 
@@ -234,7 +250,7 @@ class MixpanelDestination:
         upstream = combine_replies(ingest.endpoint, replies)
         ok = _accepted(ingest.endpoint, upstream)
         inserted = len(items) if ok else _imported(upstream)
-        error = None if ok else _error_text(upstream)
+        error = None if ok else short_error(Exception(verdict(ingest.endpoint, upstream)[1]))
         return WriteResult(
             self.name, "success" if ok else "error", inserted, len(items) - inserted, _ms(started), error, upstream=upstream
         )
@@ -246,37 +262,40 @@ class MixpanelDestination:
         return []
 
     def health(self) -> dict[str, Any]:
-        return {"api_host": self.client.base_url}
+        return {"state": "ok", "mode": "sync", "api_host": self.client.base_url}
+
+    def redeliver(self, table: str, rows: list[Any]) -> int:
+        raise PermanentError("synchronous Mixpanel forwarding spools nothing: set MIXPANEL_DELIVERY=batch to replay")
 
     def close(self, timeout: float | None = None) -> None:
-        self.client.close()
+        pass  # the shared client is closed by the runtime, after the pass-through routes
 
 
 def _ms(started: float) -> float:
     return (time.monotonic() - started) * 1000
 
 
-def _accepted(endpoint: str, reply: UpstreamReply) -> bool:
-    if reply.status_code >= 300:
-        return False
-    body = reply.body
-    if endpoint == "import":
-        return isinstance(body, dict) and body.get("code", reply.status_code) == 200
+def verdict(endpoint: str, reply: UpstreamReply) -> tuple[bool, str | None]:
+    """Mixpanel's verdict as (accepted, error), the one reading of it in the code base:
+    /track-style `1` or `{"status": 1}`, or /import's `{"code": 200}`."""
+    status, body = reply.status_code, reply.body
     if isinstance(body, dict):
-        return body.get("status") == 1
-    return body == 1
+        if endpoint == "import" and "code" in body:
+            ok = status < 300 and body.get("code") == 200
+            return ok, None if ok else str(body.get("error") or body.get("status") or f"HTTP {status}")
+        ok = status < 300 and body.get("status") == 1
+        return ok, None if ok else str(body.get("error") or f"HTTP {status}")
+    ok = status < 300 and body == 1
+    return ok, None if ok else "Mixpanel rejected the data"
+
+
+def _accepted(endpoint: str, reply: UpstreamReply) -> bool:
+    return verdict(endpoint, reply)[0]
 
 
 def _imported(reply: UpstreamReply) -> int:
     body = reply.body
     return int(body.get("num_records_imported") or 0) if isinstance(body, dict) else 0
-
-
-def _error_text(reply: UpstreamReply) -> str:
-    body = reply.body
-    if isinstance(body, dict):
-        return short_error(Exception(body.get("error") or body.get("status") or f"HTTP {reply.status_code}"))
-    return f"Mixpanel answered {reply.status_code} {str(body)[:100]}"
 
 
 def combine_replies(endpoint: str, replies: list[tuple[int, int, int, Any]]) -> UpstreamReply:
@@ -301,3 +320,92 @@ def combine_replies(endpoint: str, replies: list[tuple[int, int, int, Any]]) -> 
         if not _accepted(endpoint, UpstreamReply(status, body)):
             return UpstreamReply(status, body)
     return UpstreamReply(replies[0][1], replies[0][3])
+
+
+# --- MIXPANEL_DELIVERY=batch ------------------------------------------------------------
+
+#: Without an API secret events go to /track, which takes 50 per call in Mixpanel's batch
+#: guidance; with one they go to /import, which takes 2,000.
+TRACK_BATCH = 50
+
+
+class MixpanelSink(RowSink):
+    """Mixpanel through the delivery layer. Records (as Mixpanel receives them, client IP
+    already in `properties.ip` / `$ip` from normalisation) are buffered per endpoint and
+    sent in Mixpanel's batch sizes with `ip=0`, so Mixpanel geolocates each record by its
+    own IP rather than by the proxy's address. Mixpanel de-duplicates events by
+    `$insert_id`, so retries and replays do not double-count.
+
+    Verdicts: 2xx accepted; 429/5xx transient; an `/import` 400 with `failed_records`
+    rejects exactly those records; any other 4xx is permanent for the whole write."""
+
+    name = "mixpanel"
+
+    def __init__(self, settings: Settings, client: MixpanelClient) -> None:
+        self.client = client
+        secret = settings.get("mixpanel_api_secret")
+        user, password = settings.get("mixpanel_service_account_username"), settings.get("mixpanel_service_account_secret")
+        self.project_id = settings.get("mixpanel_project_id")
+        self.authorization: str | None = None
+        if user and password:
+            self.authorization = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        elif secret:
+            self.authorization = "Basic " + base64.b64encode(f"{secret}:".encode()).decode()
+        self.use_import = self.authorization is not None
+        self.capabilities = Capabilities(
+            takes="records",
+            max_rows=MAX_RECORDS if self.use_import else TRACK_BATCH,
+            max_bytes=MAX_BYTES["track"],
+            attempt_timeout=settings.mixpanel_timeout_seconds,
+            idempotent=True,  # events by $insert_id; profile operations are idempotent by nature
+        )
+
+    def write(self, table: str, items: list[Any]) -> SinkResult:
+        endpoint = "import" if table == "track" and self.use_import else table
+        params: list[tuple[str, str]] = [("strict", "1")] if endpoint == "import" else [("ip", "0"), ("verbose", "1")]
+        if endpoint == "import" and self.project_id:
+            params.append(("project_id", self.project_id))
+        headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+        if endpoint == "import" and self.authorization:
+            headers["Authorization"] = self.authorization
+        rejected: list[Rejection] = []
+        for offset, body, count in chunks(items, endpoint):
+            try:
+                response = self.client.request(
+                    "POST", f"/{endpoint}", params=params, data=gzip.compress(body, GZIP_LEVEL), headers=headers, retry=False
+                )
+            except MixpanelUnavailable as exc:
+                raise TransientError(str(exc)) from None
+            rejected += self._verdict(endpoint, response, offset, count)
+        return SinkResult(len(items) - len(rejected), tuple(rejected))
+
+    def _verdict(self, endpoint: str, response: UpstreamResponse, offset: int, count: int) -> list[Rejection]:
+        status = response.status_code
+        if status in RETRY_STATUSES:
+            raise TransientError(f"Mixpanel answered HTTP {status}", retry_after(response))
+        body = _parse_reply(response)
+        if endpoint == "import" and status == 400 and isinstance(body, dict) and isinstance(body.get("failed_records"), list):
+            out = []
+            for failed in body["failed_records"]:
+                if isinstance(failed, dict) and isinstance(failed.get("index"), int) and 0 <= failed["index"] < count:
+                    out.append(Rejection(offset + failed["index"], short_error(Exception(failed.get("message") or "invalid"))))
+            if out:
+                return out
+        reply = UpstreamReply(status, body)
+        if status >= 300 or not _accepted(endpoint, reply):
+            if status in (401, 403):
+                raise PermanentError(f"Mixpanel refused the credentials (HTTP {status})")
+            raise PermanentError(short_error(Exception(verdict(endpoint, reply)[1] or f"HTTP {status}")))
+        return []
+
+    def setup(self) -> None:
+        pass
+
+    def drop(self, tables: list[str]) -> list[str]:
+        return []  # Mixpanel's data is not ours to delete
+
+    def health(self) -> dict[str, Any]:
+        return {"api_host": self.client.base_url, "endpoint": "import" if self.use_import else "track"}
+
+    def close(self) -> None:
+        pass  # the shared client is closed by the runtime

@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core import green
+from core.settings import ConfigError, Settings
 from destinations.base import LazyClient, short_error
 from destinations.deadletter import DeadLetter, encode_batch
-from proxy.settings import ConfigError, Settings
+from destinations.google import GoogleAuth
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 9 * 1024 * 1024  # Pub/Sub's limit is 10 MB per message, attributes included
@@ -31,9 +33,7 @@ PUBLISH_TIMEOUT = 30.0
 @dataclass(frozen=True)
 class PubSubConfig:
     topic: str
-    keyfile: str | None = None
-    service_account_email: str | None = None
-    private_key: str | None = field(default=None, repr=False)
+    auth: GoogleAuth = field(default_factory=GoogleAuth)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PubSubConfig:
@@ -45,26 +45,8 @@ class PubSubConfig:
             topic = f"projects/{project}/topics/{topic}"
         return cls(
             topic=topic,
-            keyfile=settings.get("pubsub_keyfile"),
-            service_account_email=settings.get("pubsub_service_account_email"),
-            private_key=settings.get("pubsub_service_account_private_key"),
+            auth=GoogleAuth.from_settings(settings, "pubsub"),
         )
-
-
-def _credentials(config: PubSubConfig) -> Any:
-    from google.oauth2 import service_account
-
-    if config.keyfile:
-        return service_account.Credentials.from_service_account_file(config.keyfile)
-    if config.service_account_email and config.private_key:
-        info = {
-            "type": "service_account",
-            "client_email": config.service_account_email,
-            "private_key": config.private_key.replace("\\n", "\n"),
-            "token_uri": "https://oauth2.googleapis.com/token",
-        }
-        return service_account.Credentials.from_service_account_info(info)
-    return None  # Application Default Credentials (or the emulator)
 
 
 class Publisher:
@@ -75,15 +57,10 @@ class Publisher:
         self._client = LazyClient(self._make_client)
 
     def _make_client(self) -> Any:
-        from gevent import monkey
-
-        if monkey.is_module_patched("socket"):
-            import grpc.experimental.gevent
-
-            grpc.experimental.gevent.init_gevent()  # grpc must cooperate with gevent's loop
+        green.init_grpc()
         from google.cloud import pubsub_v1
 
-        return pubsub_v1.PublisherClient(credentials=_credentials(self.config))
+        return pubsub_v1.PublisherClient(credentials=self.config.auth.credentials())
 
     def publish(self, data: bytes, attributes: dict[str, str]) -> None:
         self._client.get().publish(self.config.topic, data, **attributes).result(timeout=PUBLISH_TIMEOUT)

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from core.records import Kind, Record
 from destinations.schema import Column, TableSchema
-from proxy.records import Kind, Record
 
 PROFILE_OPERATIONS = ("$set", "$set_once", "$add", "$append", "$union", "$remove", "$unset", "$delete", "$ignore_alias")
 MS_THRESHOLD = 1e11  # above this a numeric time is milliseconds (year 5138 in seconds)

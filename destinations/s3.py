@@ -18,9 +18,9 @@ import boto3
 from botocore import exceptions as bx
 from botocore.config import Config
 
+from core.settings import Settings
 from destinations.base import LazyClient, PermanentError, TransientError
 from destinations.lake import LakeConfig, LakeSink, LakeWriter, table_prefix
-from proxy.settings import Settings
 
 TRANSIENT_CODES = {
     "SlowDown",
@@ -185,7 +185,7 @@ class S3Sink(LakeSink):
 
     def __init__(self, settings: Settings) -> None:
         self.config = S3Config.from_settings(settings)
-        self.writer = LakeWriter(S3Store(self.config), LakeConfig.from_settings(settings))
+        super().__init__(LakeWriter(S3Store(self.config), LakeConfig.from_settings(settings)))
 
     def drop(self, tables: list[str]) -> list[str]:
         # LakeWriter.drop deletes key by key; S3 deletes a thousand per call over the same exact prefixes.

@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 
-from proxy.records import Kind
-from proxy.settings import ConfigError, Settings
+from core.records import Kind
+from core.settings import ConfigError, Settings
 
 TYPE_ALIASES = {
     "STRING": "STRING",
@@ -26,22 +26,6 @@ TYPE_ALIASES = {
     "BOOLEAN": "BOOL",
     "TIMESTAMP": "TIMESTAMP",
     "JSON": "JSON",
-}
-SNOWFLAKE_TYPES = {
-    "STRING": "VARCHAR",
-    "INT64": "NUMBER(38,0)",
-    "FLOAT64": "FLOAT",
-    "BOOL": "BOOLEAN",
-    "TIMESTAMP": "TIMESTAMP_TZ",
-    "JSON": "VARIANT",
-}
-REDSHIFT_TYPES = {
-    "STRING": "VARCHAR(65535)",
-    "INT64": "BIGINT",
-    "FLOAT64": "DOUBLE PRECISION",
-    "BOOL": "BOOLEAN",
-    "TIMESTAMP": "TIMESTAMPTZ",
-    "JSON": "SUPER",
 }
 COLUMN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
@@ -154,29 +138,3 @@ def build_schemas(settings: Settings) -> dict[Kind, TableSchema]:
         schemas[kind] = TableSchema(kind, settings.table_names[kind], base + extras, partition, cluster)
     return schemas
 
-
-# --- derived DDL ----------------------------------------------------------------------
-
-
-def bigquery_fields(table: TableSchema) -> list[dict[str, str]]:
-    """The schema as BigQuery's REST `fields` list (google-cloud-bigquery accepts it via SchemaField.from_api_repr)."""
-    return [{"name": c.name, "type": c.type, "mode": c.mode} for c in table.columns]
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def create_table_sql(table: TableSchema, dialect: str, qualified_name: str | None = None) -> str:
-    """`CREATE TABLE IF NOT EXISTS` for snowflake or redshift; never replaces an existing table."""
-    types = {"snowflake": SNOWFLAKE_TYPES, "redshift": REDSHIFT_TYPES}[dialect]
-    cols = ",\n  ".join(f"{_quote(c.name)} {types[c.type]}{' NOT NULL' if c.mode == 'REQUIRED' else ''}" for c in table.columns)
-    name = qualified_name or _quote(table.name)
-    tail = ""
-    if dialect == "snowflake" and table.cluster_by:
-        keys = [f"TO_DATE({_quote(table.partition_by)})"] if table.partition_by else []
-        keys += [_quote(c) for c in table.cluster_by]
-        tail = f"\nCLUSTER BY ({', '.join(keys)})"
-    elif dialect == "redshift" and table.partition_by:
-        tail = f"\nSORTKEY ({_quote(table.partition_by)})"
-    return f"CREATE TABLE IF NOT EXISTS {name} (\n  {cols}\n){tail}"

@@ -12,9 +12,9 @@ import click
 from flask import Flask
 from flask.cli import with_appcontext
 
-from destinations.deadletter import DeadLetter
-from destinations.delivery import deliver_with_retries
-from proxy import metrics
+from core import metrics
+from core.retry import short_error
+from destinations import build_dead_letter
 from proxy.runtime import runtime
 
 
@@ -54,22 +54,23 @@ def replay_command(only: str | None, dry_run: bool) -> None:
     from flask import current_app
 
     rt = runtime(current_app)
-    sinks = {d.name: d for d in rt.destinations if hasattr(d, "sink")}
-    spool = DeadLetter.from_settings(rt.settings)
+    destinations = {d.name: d for d in rt.destinations}
+    spool = build_dead_letter(rt.settings)
     batches = [b for b in spool.batches(only) if only is None or b.destination == only]
     totals = {"batches": len(batches), "rows": 0, "replayed": 0, "failed": 0, "skipped": 0}
     with click.progressbar(batches, label="replaying", show_pos=True, file=sys.stderr) as bar:
         for batch in bar:
             totals["rows"] += len(batch.rows)
-            destination = sinks.get(batch.destination)
+            destination = destinations.get(batch.destination)
             if destination is None:
                 totals["skipped"] += len(batch.rows)
                 continue
             if dry_run:
                 continue
-            written, error, _ = deliver_with_retries(
-                destination.name, lambda d=destination, b=batch: d.sink.write_rows(b.table, b.rows), destination.config
-            )
+            try:
+                written, error = destination.redeliver(batch.table, batch.rows), None
+            except Exception as exc:  # noqa: BLE001 - report the batch and go on with the others
+                written, error = 0, short_error(exc)
             if error is None:
                 spool.remove(batch)
                 totals["replayed"] += written

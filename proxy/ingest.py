@@ -8,9 +8,9 @@ import time
 
 from flask import Response, request
 
+from core.records import Ingest, client_ip, normalize
 from proxy import payloads, replies
 from proxy.dispatch import dispatch
-from proxy.records import Ingest, client_ip, normalize
 from proxy.runtime import runtime
 
 log = logging.getLogger(__name__)

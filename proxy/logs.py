@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Iterable
 
-from proxy.settings import Settings
+from core.settings import Settings
 
 SECRET_HINTS = ("secret", "password", "private_key", "key", "token", "connection_string", "credentials")
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}

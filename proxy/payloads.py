@@ -1,6 +1,6 @@
 """Decode whatever a Mixpanel SDK sent into plain JSON values (pure, no Flask).
 
-The order of checks follows WIRE-FORMATS.md: gunzip; raw JSON or NDJSON when the
+The order of checks follows docs/wire-formats.md: gunzip; raw JSON or NDJSON when the
 body starts with `[` or `{`; otherwise a form body (`data=...`), else `data` from
 the query string; a `data` value is JSON, or base64 of UTF-8 JSON. The decision is
 made from the bytes, never from the Content-Type (sendBeacon sends `text/plain`).

@@ -1,4 +1,4 @@
-"""Replies in exactly the form each SDK needs (WIRE-FORMATS.md).
+"""Replies in exactly the form each SDK needs (docs/wire-formats.md).
 
 `1` as text/plain normally; `{"status":1,"error":null,...}` when `verbose=1`; always
 HTTP 200 on success. Mixpanel's own verdict is handed back when Mixpanel is a
@@ -15,6 +15,7 @@ from typing import Any
 from flask import Response
 
 from destinations.base import WriteResult
+from destinations.mixpanel import verdict
 
 
 def text(body: str, status: int = 200) -> Response:
@@ -65,18 +66,7 @@ def ingest_reply(endpoint: str, count: int, results: Sequence[WriteResult], verb
     status_code, ok, message = 200, True, None
     if upstream is not None:
         status_code = upstream.status_code
-        ok, message = _verdict(endpoint, upstream.status_code, upstream.body)
+        ok, message = verdict(endpoint, upstream)
     if verbose:
         return as_json({"status": 1 if ok else 0, "error": message, "destinations": destinations}, status_code)
     return text("1" if ok else "0", status_code)
-
-
-def _verdict(endpoint: str, status_code: int, body: Any) -> tuple[bool, str | None]:
-    """Mixpanel's verdict as (accepted, error): /track-style `1`/`{"status":1}`, or /import's `{"code":200}`."""
-    if endpoint == "import" and isinstance(body, dict) and "code" in body:
-        ok = status_code < 300 and body.get("code") == 200
-        return ok, None if ok else str(body.get("error") or body.get("status") or f"HTTP {status_code}")
-    if isinstance(body, dict):
-        return body.get("status") == 1, body.get("error")
-    ok = body == 1 and status_code < 300
-    return ok, None if ok else "Mixpanel rejected the data"

@@ -9,12 +9,12 @@ from functools import cached_property
 
 from flask import Flask, current_app
 
+from core.records import Kind, Record
+from core.settings import Settings
 from destinations.base import Destination
 from destinations.mixpanel import MixpanelClient
 from destinations.rows import RowBatch, to_rows
 from destinations.schema import TableSchema
-from proxy.records import Kind, Record
-from proxy.settings import Settings
 from proxy.staticlib import LibraryCache
 from proxy.transform import RowTransformer, Transformer
 
@@ -36,7 +36,7 @@ class Runtime:
     @cached_property
     def needs_rows(self) -> bool:
         """Whether any destination takes rows (fixed once the runtime is built)."""
-        return any(hasattr(d, "sink") for d in self.destinations)
+        return any(d.needs_rows for d in self.destinations)
 
     def rows(self, records: tuple[Record, ...]) -> RowBatch | None:
         """The row model of one request, built once and shared by every row destination."""

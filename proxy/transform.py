@@ -19,10 +19,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from core import metrics
+from core.records import Record
+from core.settings import ConfigError, Settings
 from destinations.rows import RowBatch, json_safe
-from proxy import metrics
-from proxy.records import Record
-from proxy.settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 Hook = Callable[[dict, str], Any]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from proxy.settings import Settings
+from core.settings import Settings
 from tests.support.mixpanel_double import MixpanelDouble
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from core import metrics
 from destinations.deadletter import DeadLetter, DeadLetterFull
 from destinations.delivery import DeliveryConfig
-from proxy import metrics
 from tests.support import files
 
 
@@ -165,7 +165,7 @@ def test_destination_exception_is_isolated(make_app, mp, faulty, tmp_path):
     app = make_app(
         destinations="mixpanel,files,tests.support.faulty:make", mixpanel_api_host=mp.url, mixpanel_token="t", **faulty.env
     )
-    destination(app, "faulty").sink.write_rows = None  # an outright bug: calling it raises TypeError
+    destination(app, "faulty").sink.write = None  # an outright bug: calling it raises TypeError
     reply = app.test_client().post("/track?verbose=1", json=events(2))
     body = reply.get_json()
     assert reply.status_code == 200 and body["status"] == 1

@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 
 import pytest
 
+from core.records import Record, normalize
+from core.settings import ConfigError, Settings
 from destinations.rows import RowBatch, cast, dumps_row, insert_id, json_safe, parse_time, to_rows
-from destinations.schema import Column, build_schemas, create_table_sql, parse_extra_columns
-from proxy.records import Record, normalize
-from proxy.settings import ConfigError, Settings
+from destinations.schema import Column, build_schemas, parse_extra_columns
 
 RECEIVED = 1_700_000_100.25  # 2023-11-14T22:15:00.250000Z
 RECEIVED_TS = "2023-11-14T22:15:00.250000Z"
@@ -385,21 +385,6 @@ def test_values_that_are_not_json_never_raise():
     line = dumps_row(batch.tables["events"][0])
     assert '"when":"2024-01-01T00:00:00+00:00"' in line
     assert json_safe(math.inf) == "inf"
-
-
-def test_one_schema_drives_every_ddl():
-    tables = schemas(events_extra_columns="qty:INT64", events_table_name="ev")
-    events = tables["event"]
-    assert events.name == "ev"
-    assert events.column_names[-1] == "qty"
-    snowflake = create_table_sql(events, "snowflake")
-    redshift = create_table_sql(events, "redshift")
-    assert snowflake.startswith('CREATE TABLE IF NOT EXISTS "ev"') and '"properties" VARIANT' in snowflake
-    assert '"qty" NUMBER(38,0)' in snowflake and "CLUSTER BY" in snowflake
-    assert '"properties" SUPER' in redshift and '"qty" BIGINT' in redshift
-    assert "OR REPLACE" not in snowflake + redshift
-    for name in events.column_names:
-        assert f'"{name}"' in snowflake and f'"{name}"' in redshift
 
 
 def test_end_to_end_records_become_exactly_these_rows_in_local_files(make_app, tmp_path):

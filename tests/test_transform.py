@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.settings import ConfigError
+from core.settings import ConfigError
 from tests.support.files import rows as file_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def test_dict_result_replaces_the_record_everywhere(post, mp, tmp_path):
 
 
 def test_none_drops_the_record_and_counts_it(post, mp, tmp_path):
-    from proxy import metrics
+    from core import metrics
 
     before = metrics.DROPPED.labels("all", "transform_dropped")._value.get()
     _, reply = post(events("keep", "secret", "keep2"), transform="tests.support.transforms:drop_secret")

@@ -1,5 +1,5 @@
 """Every request shape each Mixpanel SDK sends, decoded into the exact records that reach
-Mixpanel, answered with the exact reply that SDK needs (WIRE-FORMATS.md)."""
+Mixpanel, answered with the exact reply that SDK needs (docs/wire-formats.md)."""
 
 from __future__ import annotations
 

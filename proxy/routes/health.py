@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from flask import Response
 
-from proxy import __version__, metrics, replies
+from core import metrics
+from proxy import __version__, replies
 from proxy.routes import bp
 from proxy.runtime import runtime
 

@@ -1,28 +1,44 @@
-"""A failure-injecting row destination for isolation, retry and outage tests.
+"""A failure-injecting row sink for isolation, retry, outage and conformance tests.
 
-Use as `DESTINATIONS=...,tests.support.faulty:make`. It stores rows like `files` does
-(gzip NDJSON under FAULTY_DIR) unless the control file FAULTY_CONTROL says otherwise:
-`up` (or missing), `down` (TransientError), `reject` (PermanentError) or `hang`
-(never answers). The control file is read on every write, so a test can switch a
-running gunicorn's destination on and off, like stopping a real stand-in.
+Use as `DESTINATIONS=...,tests.support.faulty:make`. It wraps a real sink, named by
+FAULTY_INNER (any registered row sink: files, s3, bigquery...), or by default a local
+lake writer under FAULTY_DIR. The control file FAULTY_CONTROL says what to do on each
+write: `up` (or missing), `down` (TransientError), `reject` (PermanentError) or `hang`
+(never answers). In every mode, rows that contain FAULTY_REJECT_MARKER are refused one
+by one (a partial success) and the rest go to the real sink. The control file is read
+on every write, so a test can switch a running gunicorn's destination on and off, like
+stopping a real stand-in.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
+from typing import Any
 
-from destinations.base import PermanentError, TransientError
+from destinations import make_sink
+from destinations.base import Capabilities, PermanentError, Rejection, RowSink, SinkResult, TransientError
 from destinations.files import LocalStore
-from destinations.lake import LakeConfig, LakeWriter
+from destinations.lake import LakeConfig, LakeSink, LakeWriter
+
+REJECT_MARKER = "__reject_me__"
 
 
-class FaultySink:
+class FaultySink(RowSink):
     name = "faulty"
 
     def __init__(self, settings) -> None:  # noqa: ANN001
         self.control = Path(settings.require("faulty_control", "faulty"))
-        self.writer = LakeWriter(LocalStore(settings.require("faulty_dir", "faulty")), LakeConfig())
+        inner = settings.get("faulty_inner")
+        if inner:
+            self.inner: RowSink = make_sink(inner, settings)
+        else:
+            self.inner = LakeSink(LakeWriter(LocalStore(settings.require("faulty_dir", "faulty")), LakeConfig()))
+        self.marker = (settings.get("faulty_reject_marker") or REJECT_MARKER).encode()
+        caps = self.inner.capabilities
+        # The plain chunk (not a lake's packed one), so single rows can be taken out of a write.
+        self.capabilities = Capabilities(caps.takes, caps.max_rows, caps.max_bytes, caps.attempt_timeout, caps.idempotent)
         self.calls = 0
 
     def mode(self) -> str:
@@ -31,7 +47,11 @@ class FaultySink:
         except FileNotFoundError:
             return "up"
 
-    def write_rows(self, table: str, rows: list[dict]) -> int:
+    def _marked(self, item: Any) -> bool:
+        raw = item[1] if isinstance(item, tuple) else json.dumps(item, ensure_ascii=False).encode()
+        return self.marker in raw
+
+    def write(self, table: str, items: list[Any]) -> SinkResult:
         self.calls += 1
         mode = self.mode()
         if mode == "down":
@@ -42,21 +62,23 @@ class FaultySink:
             while self.mode() == "hang":
                 time.sleep(0.05)
             raise TransientError("hung, then let go")
-        self.writer.write(table, rows)
-        return len(rows)
+        rejected = tuple(Rejection(i, "injected: row refused") for i, item in enumerate(items) if self._marked(item))
+        kept = [item for item in items if not self._marked(item)] if rejected else items
+        written = self.inner.write(table, kept).written if kept else 0
+        return SinkResult(written, rejected)
 
     def setup(self) -> None:
-        pass
+        self.inner.setup()
 
     def drop(self, tables: list[str]) -> list[str]:
-        return self.writer.drop(tables)
+        return self.inner.drop(tables)
 
     def health(self) -> dict:
-        return {"mode": self.mode()}
+        return {"fault": self.mode()}
 
     def close(self) -> None:
-        pass
+        self.inner.close()
 
 
-def make(settings, ctx) -> FaultySink:  # noqa: ANN001
-    return FaultySink(settings)
+def make(settings, ctx):  # noqa: ANN001, ANN201
+    return ctx.deliver(FaultySink(settings))

@@ -1,6 +1,6 @@
 """Records: what the SDK sent, normalised once, then never mutated.
 
-Normalisation is the only change the proxy makes to a record (ARCHITECTURE.md):
+Normalisation is the only change the proxy makes to a record (docs/architecture.md):
 the client IP (unless `ip=0`), the configured `MIXPANEL_TOKEN`, and a receive time
 for events without `time`. Everything else is passed on exactly as decoded.
 """
@@ -8,7 +8,7 @@ for events without `time`. Everything else is passed on exactly as decoded.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -117,7 +117,3 @@ def normalize(
                 item = _normalize_profile(item, ip, token, with_ip=kind == "user")
         records.append(Record(kind, item, received_at, client_ip))
     return records
-
-
-def payloads(records: Sequence[Record]) -> list[Any]:
-    return [r.payload for r in records]

@@ -1,0 +1,85 @@
+"""The one place that knows about gevent: spawning, deadlines, sleeping, off-loop work.
+
+Under gunicorn's gevent worker the process is monkey-patched, so `threading` and
+`time.sleep` are already cooperative and a `deadline()` interrupts a blocked socket
+read. In a serverless handler (Lambda, Cloud Functions, Azure Functions) nothing is
+patched: the same calls still work, but a deadline can only interrupt code that yields
+to gevent, so every client we use also carries its own socket timeout. Nothing else
+in the code base imports gevent.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import gevent
+from gevent import monkey
+from gevent.pool import Pool
+
+T = TypeVar("T")
+
+#: The most destination writes one worker runs at once across all requests in dispatch().
+DISPATCH_POOL_SIZE = 256
+_pool: Pool | None = None
+
+
+def patched() -> bool:
+    """Whether gevent drives this process (gunicorn's gevent worker patches it at start)."""
+    return monkey.is_module_patched("socket")
+
+
+class DeadlineExceeded(Exception):
+    """Raised inside a `deadline()` block whose time ran out (unless it names its own error)."""
+
+
+@contextmanager
+def deadline(seconds: float | None, error: BaseException | None = None) -> Iterator[None]:
+    """Cut the block off after `seconds` (None: no limit) by raising `error` inside it,
+    or `DeadlineExceeded`. Only one's own timer is caught, never an outer one's."""
+    if seconds is None:
+        yield
+        return
+    own = error if error is not None else DeadlineExceeded(f"no answer within {seconds:.3g}s")
+    timer = gevent.Timeout(seconds, own)
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.close()
+
+
+def sleep(seconds: float) -> None:
+    gevent.sleep(seconds) if patched() else time.sleep(seconds)
+
+
+def off_loop(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run blocking work (zlib, disk I/O, fsync) on gevent's thread pool when gevent drives
+    this process, so the event loop keeps serving requests meanwhile; else just call it."""
+    if monkey.is_module_patched("threading"):
+        return gevent.get_hub().threadpool.apply(function, args, kwargs)
+    return function(*args, **kwargs)
+
+
+def run_all(calls: Sequence[Callable[[], T]]) -> list[T]:
+    """Run every call concurrently on the bounded dispatch pool and return their results in
+    order. Each call must catch its own errors (dispatch turns them into results)."""
+    if len(calls) == 1:
+        return [calls[0]()]
+    global _pool
+    if _pool is None:
+        _pool = Pool(DISPATCH_POOL_SIZE)
+    greenlets = [_pool.spawn(call) for call in calls]
+    gevent.joinall(greenlets, raise_error=True)
+    return [g.value for g in greenlets]
+
+
+def init_grpc() -> None:
+    """gRPC must cooperate with gevent's loop when the process is patched (Pub/Sub, the
+    BigQuery Storage Write API); call before the first gRPC client is made."""
+    if patched():
+        import grpc.experimental.gevent
+
+        grpc.experimental.gevent.init_gevent()
