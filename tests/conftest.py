@@ -11,6 +11,13 @@ from flask import Flask
 from core.settings import Settings
 from tests.support.mixpanel_double import MixpanelDouble
 
+# Every stand-in's session fixture (tests/support/standins/<name>.py), started on first use.
+pytest_plugins = sorted(
+    f"tests.support.standins.{path.stem}"
+    for path in (Path(__file__).parent / "support" / "standins").glob("*.py")
+    if path.stem != "__init__"
+)
+
 
 @pytest.fixture(scope="session")
 def mixpanel() -> Iterator[MixpanelDouble]:
