@@ -51,6 +51,10 @@ SINKS: dict[str, tuple[str, str]] = {
 
 def make_sink(name: str, settings: Settings) -> RowSink:
     """The bare row sink registered under `name` (not yet wrapped by the delivery layer)."""
+    if name == "mixpanel":
+        from destinations.mixpanel import MixpanelSink
+
+        return MixpanelSink(settings, upstream_client(settings))
     module, cls = SINKS[name]
     try:
         mod = importlib.import_module(f"destinations.{module}")

@@ -14,9 +14,8 @@ import re
 import signal
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pytest
@@ -26,19 +25,13 @@ from core.records import Ingest, Record
 from core.settings import ConfigError, Settings
 from destinations.base import PermanentError, TransientError
 from destinations.rows import dumps_row, hour_of
-from tests.support.emulators import AZURITE_ACCOUNT, AZURITE_KEY, Lakes, azure_client, gcs_client, s3_client, start_lakes
+from tests.support.emulators import AZURITE_ACCOUNT, AZURITE_KEY, Lakes, azure_client, s3_client
+from tests.support.lakes import StoredObject, bucket_exists, put_plain, read_lake
 from tests.support.processes import free_port, gunicorn
 
 pytestmark = pytest.mark.emulator
 LAKES = ("s3", "gcs", "azure")
 KEY_NAME = re.compile(r"^\d{8}T\d{9}Z-[A-Za-z0-9_-]+-(\d+)-[0-9a-f]{8}\.json\.gz$")
-
-
-@pytest.fixture(scope="session")
-def lakes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lakes]:
-    started = start_lakes(tmp_path_factory.mktemp("lake-emulators"))
-    yield started
-    started.stop()
 
 
 @pytest.fixture
@@ -69,75 +62,6 @@ def lake_app(make_app: Callable, lakes: Lakes, names: dict[str, str]) -> Callabl
         return app
 
     return build
-
-
-# -- reading back with the official clients ------------------------------------------------------
-@dataclass(frozen=True)
-class StoredObject:
-    key: str
-    content_type: str | None
-    content_encoding: str | None
-    raw: bytes
-    version: str = ""  # ETag / generation: changes if anything rewrites the object
-
-    def rows(self) -> list[dict]:
-        assert self.raw[:2] == b"\x1f\x8b", f"{self.key} is not stored gzip-compressed"
-        assert self.content_type == "application/x-ndjson", self.key
-        assert self.content_encoding == "gzip", self.key
-        text = gzip.decompress(self.raw).decode("utf-8")
-        assert text.endswith("\n")
-        return [json.loads(line) for line in text.splitlines()]
-
-
-def read_lake(lakes: Lakes, lake: str, bucket: str, prefix: str = "") -> dict[str, StoredObject]:
-    out: dict[str, StoredObject] = {}
-    if lake == "s3":
-        client = s3_client(lakes.s3.url)
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            for item in page.get("Contents", []):
-                got = client.get_object(Bucket=bucket, Key=item["Key"])
-                version = f"{got['ETag']}@{got['LastModified'].isoformat()}"
-                encoding = got.get("ContentEncoding")
-                out[item["Key"]] = StoredObject(item["Key"], got["ContentType"], encoding, got["Body"].read(), version)
-    elif lake == "gcs":
-        for blob in gcs_client(lakes.gcs.url).list_blobs(bucket, prefix=prefix):
-            raw = blob.download_as_bytes(raw_download=True)
-            version = f"{blob.generation}/{blob.metageneration}"
-            out[blob.name] = StoredObject(blob.name, blob.content_type, blob.content_encoding, raw, version)
-    else:
-        container = azure_client(lakes.azure.connection_string).get_container_client(bucket)
-        for blob in container.list_blobs(name_starts_with=prefix):
-            raw = container.download_blob(blob.name, decompress=False).readall()
-            settings = blob.content_settings
-            version = f"{blob.etag}@{blob.last_modified.isoformat()}"
-            out[blob.name] = StoredObject(blob.name, settings.content_type, settings.content_encoding, raw, version)
-    return out
-
-
-def put_plain(lakes: Lakes, lake: str, bucket: str, key: str, data: bytes) -> None:
-    """Write an object the proxy did not write (creating the bucket if needed)."""
-    if lake == "s3":
-        client = s3_client(lakes.s3.url)
-        if not any(b["Name"] == bucket for b in client.list_buckets()["Buckets"]):
-            client.create_bucket(Bucket=bucket)
-        client.put_object(Bucket=bucket, Key=key, Body=data, ContentType="text/plain")
-    elif lake == "gcs":
-        client = gcs_client(lakes.gcs.url)
-        target = client.lookup_bucket(bucket) or client.create_bucket(bucket)
-        target.blob(key).upload_from_string(data, content_type="text/plain")
-    else:
-        container = azure_client(lakes.azure.connection_string).get_container_client(bucket)
-        if not container.exists():
-            container.create_container()
-        container.upload_blob(key, data)
-
-
-def bucket_exists(lakes: Lakes, lake: str, bucket: str) -> bool:
-    if lake == "s3":
-        return any(b["Name"] == bucket for b in s3_client(lakes.s3.url).list_buckets()["Buckets"])
-    if lake == "gcs":
-        return gcs_client(lakes.gcs.url).lookup_bucket(bucket) is not None
-    return azure_client(lakes.azure.connection_string).get_container_client(bucket).exists()
 
 
 def rows_by_table(objects: dict[str, StoredObject], prefix: str = "") -> dict[str, list[dict]]:

@@ -1,10 +1,8 @@
-"""The Flask blueprint: one module per Mixpanel endpoint, registered here."""
+"""The Flask blueprint: one module per Mixpanel endpoint, registered on import."""
 
 from __future__ import annotations
 
-from flask import Blueprint
+from proxy.routes import drop, engage, groups, health, import_, lib, passthrough, track  # noqa: F401 - registers routes
+from proxy.routes.blueprint import bp
 
-bp = Blueprint("proxy", __name__)
-
-# Importing the modules registers their routes on `bp`.
-from proxy.routes import drop, engage, groups, health, import_, lib, passthrough, track  # noqa: E402,F401
+__all__ = ["bp"]

@@ -13,7 +13,7 @@ from flask import Response, request
 
 from proxy import replies
 from proxy.ingest import request_client_ip
-from proxy.routes import bp
+from proxy.routes.blueprint import bp
 from proxy.runtime import runtime
 
 log = logging.getLogger(__name__)

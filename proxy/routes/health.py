@@ -6,7 +6,7 @@ from flask import Response
 
 from core import metrics
 from proxy import __version__, replies
-from proxy.routes import bp
+from proxy.routes.blueprint import bp
 from proxy.runtime import runtime
 
 

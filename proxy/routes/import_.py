@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Response
 
 from proxy.ingest import handle
-from proxy.routes import bp
+from proxy.routes.blueprint import bp
 
 
 @bp.route("/import", methods=["GET", "POST"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Response, request
 
 from proxy import replies
-from proxy.routes import bp
+from proxy.routes.blueprint import bp
 from proxy.runtime import runtime
 from proxy.staticlib import NotFound, Unavailable
 

@@ -14,7 +14,7 @@ from destinations.mixpanel import MixpanelUnavailable, forwarding_headers
 from proxy import replies
 from proxy.ingest import read_body, request_client_ip
 from proxy.payloads import PayloadTooLarge
-from proxy.routes import bp
+from proxy.routes.blueprint import bp
 from proxy.runtime import runtime
 
 log = logging.getLogger(__name__)
