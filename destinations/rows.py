@@ -42,10 +42,6 @@ class RowBatch:
 
     _lines: dict[str, list[Line]] = field(default_factory=dict, repr=False, compare=False)
 
-    @property
-    def row_count(self) -> int:
-        return sum(len(r) for r in self.tables.values())
-
     def lines(self, table: str) -> list[Line]:
         """The table's rows as (hour, NDJSON line) pairs, encoded once per request however
         many destinations write them."""
