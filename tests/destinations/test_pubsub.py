@@ -8,6 +8,8 @@ what was published. `PUBSUB_STANDIN=grpc|emulator` picks the stand-in.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import threading
 import time
 import uuid
@@ -29,8 +31,8 @@ from destinations.pubsub.sink import PubSubSink, attributes
 from destinations.rows import to_rows
 from destinations.schema import build_schemas
 from tests.support.load import run_load
-from tests.support.processes import free_port, gunicorn, wait_until
-from tests.support.standins.pubsub import PubSub
+from tests.support.processes import ROOT, VENV_BIN, free_port, gunicorn, wait_until
+from tests.support.standins.pubsub import PubSub, start
 
 pytestmark = pytest.mark.emulator
 
@@ -382,3 +384,40 @@ def test_sigterm_under_load_every_acknowledged_row_is_on_the_topic(pubsub_standi
     assert set(published) <= load.accepted | load.refused
     assert DeadLetter(str(tmp_path / "spool")).pending_rows() == 0
     print(f"\nSIGTERM under load: answered 200 for {len(load.accepted)} rows, {len(published)} on the topic, lost 0")
+
+
+def test_pubsub_down_at_shutdown_rows_are_spooled_then_replayed(pubsub_standin: PubSub, project, tmp_path) -> None:
+    """Pub/Sub unreachable when the proxy drains: the acknowledged rows go to the dead letter,
+    and `flask replay` publishes them once Pub/Sub is back."""
+    own = start(pubsub_standin.kind, tmp_path / "own-pubsub")  # one this test may stop
+    env = proxy_env(tmp_path, own, project, BATCH_MAX_SECONDS="600", GRACEFUL_TIMEOUT="10")
+    env.update(PUBSUB_ATTEMPT_TIMEOUT_SECONDS="2", RETRY_BASE_SECONDS="0.2")
+    port = free_port()
+    server = gunicorn(env, port, workers=2, log=tmp_path / "gunicorn.log")
+    try:
+        load = run_load(f"http://127.0.0.1:{port}/track/", 8, 5, threads=2, run="down")
+        assert load.statuses == {200: 8}
+    finally:
+        own.stop()
+        assert server.stop(timeout=40) == 0, server.log()[-2000:]
+    spooled = list(DeadLetter(str(tmp_path / "spool")).batches())
+    assert Counter(r["insert_id"] for b in spooled for r in b.rows) == Counter(load.accepted)
+    assert {b.reason.split(":")[0] for b in spooled} == {"transient"} and {b.destination for b in spooled} == {"pubsub"}
+
+    back = start(pubsub_standin.kind, tmp_path / "back-pubsub", port=int(own.host.rsplit(":", 1)[1]))
+    try:
+        reader = back.subscribe(back.create_topic(project, "events"), "read-events")
+        replay = subprocess.run(
+            [str(VENV_BIN / "flask"), "--app", "app", "replay"],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert replay.returncode == 0, replay.stdout + replay.stderr
+        assert f"{len(load.accepted)} replayed" in replay.stdout, replay.stdout
+        assert insert_ids(reader.pull()) == Counter(load.accepted)
+        assert DeadLetter(str(tmp_path / "spool")).pending_rows() == 0
+    finally:
+        back.stop()

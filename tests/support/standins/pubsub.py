@@ -119,9 +119,10 @@ class Subscription:
         return self.standin.subscriber.get_subscription(request={"subscription": self.path}, timeout=10).topic
 
 
-def start(kind: str, logs: Path) -> PubSub:
+def start(kind: str, logs: Path, port: int | None = None) -> PubSub:
+    """Start one stand-in of `kind` (a fresh, empty one; `port` to come back where one was)."""
     logs.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     if kind == "emulator":
         if not GOOGLE_EMULATOR.exists():
             raise RuntimeError(f"PUBSUB_STANDIN=emulator, but {GOOGLE_EMULATOR} is not installed")
