@@ -200,10 +200,17 @@ def test_a_row_over_the_message_limit_is_rejected_alone(sink_for, pubsub_standin
     assert sorted(json.loads(m.data)["insert_id"] for m in reader.pull()) == ["e0", "e1", "e2"]
 
 
+@pytest.mark.parametrize("bad_topic", [None, "bad-rows"], ids=["spool", "bad_topic"])
 def test_through_the_delivery_layer_the_oversized_row_is_dead_lettered_with_its_reason(
-    make_app, pubsub_standin: PubSub, project: str, tmp_path: Path
+    make_app, pubsub_standin: PubSub, project: str, tmp_path: Path, bad_topic: str | None
 ) -> None:
-    app = make_app(destinations="pubsub", pubsub_project=project, max_body_bytes=str(32 << 20), **pubsub_standin.env())
+    """Dead-lettered with its reason; with PUBSUB_BAD_TOPIC too, the row is as much too large
+    for that topic, so it is spooled locally."""
+    extra = {"pubsub_bad_topic": bad_topic} if bad_topic else {}
+    if bad_topic:
+        pubsub_standin.create_topic(project, bad_topic)
+    env = {"pubsub_project": project, "max_body_bytes": str(32 << 20), **pubsub_standin.env(), **extra}
+    app = make_app(destinations="pubsub", **env)
     [destination] = app.extensions["mpproxy"].destinations
     destination.setup()
     reader = pubsub_standin.subscribe(f"projects/{project}/topics/events", "read-events")
