@@ -209,7 +209,7 @@ class RowDestination:
         """Write rows back from the dead letter, split to the sink's limits; raise on failure.
         Rows spooled as dicts are encoded again for sinks that take lines."""
         if self.capabilities.takes == "lines":
-            rows = [(hour_of(r), dumps_row(r).encode("utf-8")) for r in rows]
+            rows = [(hour_of(r), dumps_row(r)) for r in rows]
         buffer = self._empty_buffer()
         buffer.add(table, rows, sum(len(dumps_row(r)) for r in rows) if self.capabilities.takes != "lines" else 0, 0)
         written = 0

@@ -401,7 +401,7 @@ def test_unreachable_service_is_transient_and_errors_carry_no_secrets(make_setti
     rows = [{"insert_time": "2026-01-01T00:00:00.000000Z", "payload": "PAYLOADMARKER"}]
     for sink in (S3Sink(settings), GCSSink(settings), AzureSink(settings)):
         with pytest.raises(TransientError) as caught:
-            sink.write("events", [(hour_of(r), dumps_row(r).encode()) for r in rows])
+            sink.write("events", [(hour_of(r), dumps_row(r)) for r in rows])
         message = str(caught.value)
         for forbidden in (secret, "AKIDsecretish", AZURITE_KEY, "PAYLOADMARKER"):
             assert forbidden not in message, message
@@ -420,7 +420,7 @@ def test_missing_bucket_and_missing_permission_are_permanent_and_named(lakes, na
     settings = make_settings(**lake_env(lakes, names))  # buckets not created
     for sink in (S3Sink(settings), GCSSink(settings), AzureSink(settings)):
         with pytest.raises(PermanentError, match="not found"):
-            sink.write("events", [(hour_of(r), dumps_row(r).encode()) for r in rows])
+            sink.write("events", [(hour_of(r), dumps_row(r)) for r in rows])
         sink.close()
 
     # A read/list-only SAS: the write probe must name the missing permission.
