@@ -1,4 +1,10 @@
-"""The WSGI entry point: `gunicorn -k gevent app:app` (see gunicorn.conf.py)."""
+"""The WSGI entry point: `gunicorn -c gunicorn.conf.py app:app` (see gunicorn.conf.py).
+
+`create_app(settings)` builds the app. The module attribute `app` is built from the
+environment on first access (gunicorn's `app:app`, `flask --app app`), so the serverless
+entry points (main.py, lambda_handler.py, function_app.py) and the tests can import
+`create_app` without building a second app from the environment.
+"""
 
 from __future__ import annotations
 
@@ -79,7 +85,14 @@ def _load() -> Flask:
         raise SystemExit(4) from None
 
 
-app = _load()
+def __getattr__(name: str) -> Flask:
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    global app
+    app = _load()  # later look-ups find the module global and never come back here
+    return app
+
 
 if __name__ == "__main__":
-    app.run(host="127.0.0.1", port=app.extensions["mpproxy"].settings.port)
+    local = _load()
+    local.run(host="127.0.0.1", port=local.extensions["mpproxy"].settings.port)
