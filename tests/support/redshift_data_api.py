@@ -48,7 +48,9 @@ MAX_SQL_BYTES = 100_000
 MAX_BATCH = 40
 PAGE_ROWS = 500
 TYPE_NAMES = {"jsonb": "super", "json": "super", "text": "varchar", "character varying": "varchar", "double precision": "float8"}
-AUTH = re.compile(r"AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request, SignedHeaders=([^,]+), Signature=(\w+)")
+AUTH = re.compile(
+    r"AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request, SignedHeaders=([^,]+), Signature=(\w+)"
+)
 
 
 class SuperLoader(Loader):

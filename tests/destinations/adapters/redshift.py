@@ -35,8 +35,8 @@ class RedshiftAdapter(Adapter):
             f'CREATE SCHEMA IF NOT EXISTS "{self.other}"',
             f'CREATE TABLE "{self.schema}"."events_archive" (note varchar(20))',
             f'CREATE TABLE "{self.other}"."events" (note varchar(20))',
-            f"INSERT INTO \"{self.schema}\".\"events_archive\" VALUES ('not ours')",
-            f"INSERT INTO \"{self.other}\".\"events\" VALUES ('not ours')",
+            f'INSERT INTO "{self.schema}"."events_archive" VALUES (\'not ours\')',
+            f'INSERT INTO "{self.other}"."events" VALUES (\'not ours\')',
         )
 
     def foreign_intact(self) -> bool:
@@ -76,7 +76,9 @@ class RedshiftDataApiAdapter(RedshiftAdapter):
 
     def rows(self, table: str) -> list[dict[str, Any]]:
         client = self.standin.client()
-        reply = client.execute_statement(Sql=f'SELECT * FROM "{self.schema}"."{table}"', WorkgroupName=WORKGROUP, Database=DATABASE)
+        reply = client.execute_statement(
+            Sql=f'SELECT * FROM "{self.schema}"."{table}"', WorkgroupName=WORKGROUP, Database=DATABASE
+        )
         while (described := client.describe_statement(Id=reply["Id"]))["Status"] not in ("FINISHED", "FAILED", "ABORTED"):
             time.sleep(0.05)
         if described["Status"] != "FINISHED":
