@@ -31,7 +31,7 @@ from destinations.redshift.errors import MissingTable, classify, safe_message
 from destinations.redshift.sql import Statement, data_api_placeholder
 
 if TYPE_CHECKING:
-    from destinations.redshift import RedshiftConfig
+    from destinations.redshift.config import RedshiftConfig
 
 #: The Data API refuses SQL over 100 KB. Text and parameters together stay under this, so
 #: the limit holds however AWS counts the parameters.

@@ -28,7 +28,7 @@ from destinations.redshift.errors import MissingTable, classify, safe_message
 from destinations.redshift.sql import Statement, postgres_placeholder
 
 if TYPE_CHECKING:
-    from destinations.redshift import RedshiftConfig
+    from destinations.redshift.config import RedshiftConfig
 
 #: Redshift takes statements up to 16 MB; smaller ones keep memory and lock times modest.
 STATEMENT_BYTES = 1024 * 1024
