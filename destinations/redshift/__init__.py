@@ -12,7 +12,8 @@ Reads: REDSHIFT_SCHEMA_NAME (default `public`), REDSHIFT_DATABASE, and one way i
 * Direct connection (PostgreSQL protocol, psycopg): REDSHIFT_HOST, REDSHIFT_PORT (5439),
   REDSHIFT_USER, REDSHIFT_PASSWORD, REDSHIFT_SSLMODE (`require`), REDSHIFT_MAX_CONNECTIONS (8).
 
-Tuning: REDSHIFT_POLL_TIMEOUT_SECONDS (100), REDSHIFT_STATEMENT_TIMEOUT_SECONDS (300).
+Tuning: REDSHIFT_POLL_TIMEOUT_SECONDS (100), REDSHIFT_STATEMENT_TIMEOUT_SECONDS (50, under the
+60-second attempt timeout).
 
 Tables are created with CREATE TABLE IF NOT EXISTS from the one schema model
 (destinations/schema.py); rows go in as parameterised multi-row INSERTs cut under the

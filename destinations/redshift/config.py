@@ -34,7 +34,7 @@ class RedshiftConfig:
     password: str | None = field(default=None, repr=False)
     sslmode: str = "require"
     max_connections: int = 8
-    statement_timeout_seconds: float = 300.0
+    statement_timeout_seconds: float = 50.0
 
     @property
     def where(self) -> str:
@@ -51,7 +51,7 @@ class RedshiftConfig:
             identifier(schema, "schema")
         except ValueError as exc:
             raise ConfigError(f"redshift_schema_name: {exc}") from None
-        timeout = settings.get_float("redshift_statement_timeout_seconds", 300.0, 1)
+        timeout = settings.get_float("redshift_statement_timeout_seconds", 50.0, 1)
         common: dict[str, Any] = {"schema": schema, "statement_timeout_seconds": timeout}
         if get("redshift_host"):
             return cls(
