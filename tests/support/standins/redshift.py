@@ -118,7 +118,7 @@ def start_redshift_standin() -> RedshiftStandin:
     as_postgres: list[str] = []
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
-        as_postgres = ["runuser", "-u", "postgres", "--"]
+        as_postgres = [shutil.which("runuser") or "/usr/sbin/runuser", "-u", "postgres", "--"]
     password_file = root / "pw"
     password_file.write_text(ADMIN_PASSWORD + "\n")
     if as_postgres:
