@@ -222,9 +222,9 @@ class MixpanelDestination:
         self.client = client
         # dispatch() gives us a little longer than our own deadline so we report, not get killed.
         self.timeout = settings.mixpanel_timeout_seconds + 2.0
-        # For /health: `unavailable` while Mixpanel cannot be reached (the SDKs are answered 503 and
-        # retry), `ok` again with the next request Mixpanel answers. Its verdict on the data is not
-        # a destination failure: refused records count as rejected.
+        # For /health: `unavailable` while Mixpanel cannot be reached or answers 429/5xx until the
+        # deadline, `ok` again with the next request it answers. Its verdict on the data is not a
+        # destination failure: refused records count as rejected.
         self.state = DestinationState()
 
     def write(self, ingest: Ingest) -> WriteResult:
@@ -257,9 +257,13 @@ class MixpanelDestination:
         upstream = combine_replies(ingest.endpoint, replies)
         ok = _accepted(ingest.endpoint, upstream)
         inserted = len(items) if ok else _imported(upstream)
-        self.state.state, self.state.last_success_at = "ok", time.time()
-        self.state.written_rows += inserted
-        self.state.rejected_rows += len(items) - inserted
+        if upstream.status_code in RETRY_STATUSES:  # still failing when the deadline came
+            self.state.state = "unavailable"
+            self.state.last_error, self.state.last_error_at = f"Mixpanel answered HTTP {upstream.status_code}", time.time()
+        else:
+            self.state.state, self.state.last_success_at = "ok", time.time()
+            self.state.written_rows += inserted
+            self.state.rejected_rows += len(items) - inserted
         error = None if ok else short_error(Exception(verdict(ingest.endpoint, upstream)[1]))
         return WriteResult(
             self.name, "success" if ok else "error", inserted, len(items) - inserted, _ms(started), error, upstream=upstream
