@@ -7,4 +7,4 @@ from flask import Blueprint
 bp = Blueprint("proxy", __name__)
 
 # Importing the modules registers their routes on `bp`.
-from proxy.routes import drop, engage, groups, health, import_, lib, passthrough, track  # noqa: E402,F401
+from proxy.routes import demo, drop, engage, groups, health, import_, lib, passthrough, track  # noqa: E402,F401
