@@ -7,6 +7,7 @@ RUN pip install --no-cache-dir -r requirements.txt
 COPY app.py gunicorn.conf.py ./
 COPY proxy/ proxy/
 COPY destinations/ destinations/
+COPY examples/ examples/
 RUN useradd --create-home proxy && mkdir -p /app/data /app/spool && chown proxy /app/data /app/spool
 USER proxy
 EXPOSE 8080
