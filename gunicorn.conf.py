@@ -34,13 +34,13 @@ def _stop(line: str) -> None:
 
 
 def _bind(settings: Settings) -> str:
-    """BIND: HOST:PORT, [IPv6]:PORT, unix:PATH or fd://N, comma-separated; default 0.0.0.0:PORT."""
+    """BIND: [tcp://]HOST:PORT, [IPv6]:PORT, unix:PATH or fd://N, comma-separated; default 0.0.0.0:PORT."""
     raw = settings.get("bind")
     if raw is None:
         return f"0.0.0.0:{settings.port}"
     for address in (a.strip() for a in raw.split(",")):
-        host, _, port = address.rpartition(":")
-        if address.startswith(("unix:", "fd://")) or (host and port.isdigit() and 0 < int(port) < 65536):
+        host, _, port = address.removeprefix("tcp://").rpartition(":")
+        if address.startswith(("unix:", "fd://")) or (host and port.isdigit() and int(port) < 65536):
             continue
         raise ConfigError(f"BIND={raw!r} must be HOST:PORT, unix:PATH or fd://N (comma-separated for several)")
     return raw
