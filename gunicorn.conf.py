@@ -18,14 +18,18 @@ only line printed, and `gunicorn --check-config` checks the whole configuration 
 from __future__ import annotations
 
 import os
+import select
 import shutil
+import signal
 import sys
 import tempfile
+import time
 
 from core.settings import ConfigError, Settings, error_line
 
 # gunicorn's APP_LOAD_ERROR: the same status whether the master or a worker finds the problem.
 CONFIG_ERROR_STATUS = 4
+CHECK_TIMEOUT_SECONDS = 60
 
 
 def _stop(line: str) -> None:
@@ -67,9 +71,19 @@ def check_configuration(settings: Settings) -> str | None:
         os._exit(status)
     os.close(write)
     chunks = []
-    while chunk := os.read(read, 65536):
-        chunks.append(chunk)
-    os.close(read)
+    deadline = time.monotonic() + CHECK_TIMEOUT_SECONDS
+    try:
+        while (remaining := deadline - time.monotonic()) > 0 and select.select([read], [], [], remaining)[0]:
+            if not (chunk := os.read(read, 65536)):
+                break  # the child is done
+            chunks.append(chunk)
+        else:  # building took too long: something connects or blocks while it is built
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            took = f"checking the configuration took over {CHECK_TIMEOUT_SECONDS} s"
+            return f"configuration error: {took} (does a destination connect while it is built?)"
+    finally:
+        os.close(read)
     _, status = os.waitpid(pid, 0)
     message = b"".join(chunks).decode(errors="replace").strip()
     if os.waitstatus_to_exitcode(status) != 0:
