@@ -87,7 +87,7 @@ def topic_dead_letter(settings: Settings) -> TopicDeadLetter:
     try:
         import google.cloud.pubsub_v1  # noqa: F401 - fail at start-up, not on the first failed batch
     except ImportError:
-        raise ConfigError("pubsub_bad_topic needs google-cloud-pubsub installed") from None
+        raise ConfigError("PUBSUB_BAD_TOPIC needs google-cloud-pubsub installed") from None
     directory = settings.get("dead_letter_dir", "./spool") or "./spool"
     max_bytes = settings.get_int("dead_letter_max_bytes", 1 << 30, 1024)
     return TopicDeadLetter(directory, max_bytes, Publisher(PubSubConfig.from_settings(settings)))

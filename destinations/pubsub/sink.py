@@ -21,13 +21,19 @@ delivery layer). With ordering, a failed key is resumed before the write is retr
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from concurrent import futures as cf
 from dataclasses import dataclass, field
 from typing import Any
 
+from google.api_core import exceptions as gx
+from google.api_core import retry as rx
+from google.cloud.pubsub_v1 import types
+from google.cloud.pubsub_v1.publisher.exceptions import MessageTooLargeError
+from google.cloud.pubsub_v1.publisher.exceptions import PublishToPausedOrderingKeyException as Paused
+
+from core import codec
 from core.settings import ConfigError, Settings
 from destinations.base import Capabilities, PermanentError, Rejection, RowSink, SinkResult, TransientError
 from destinations.pubsub.connection import Publisher, PubSubConnection, classify, cut
@@ -80,12 +86,9 @@ class PubSubSinkConfig:
         bad_path = connection.topic_path(bad, "PUBSUB_BAD_TOPIC") if bad else None
         if bad_path and bad_path in topics.values():
             raise ConfigError("PUBSUB_BAD_TOPIC must not be a topic the pubsub destination publishes rows to")
-        max_messages = settings.get_int("pubsub_publish_max_messages", PUBLISH_MAX_MESSAGES, 1)
-        max_bytes = settings.get_int("pubsub_publish_max_bytes", PUBLISH_MAX_BYTES, 1024)
-        if max_messages > 1000:
-            raise ConfigError("PUBSUB_PUBLISH_MAX_MESSAGES may be at most 1000 (Pub/Sub's limit per Publish request)")
-        if max_bytes > MAX_REQUEST_BYTES:
-            raise ConfigError(f"PUBSUB_PUBLISH_MAX_BYTES may be at most {MAX_REQUEST_BYTES} (Pub/Sub's request limit)")
+        # Pub/Sub's limits per Publish request: 1,000 messages, 10 MB.
+        max_messages = settings.get_int("pubsub_publish_max_messages", PUBLISH_MAX_MESSAGES, 1, 1000)
+        max_bytes = settings.get_int("pubsub_publish_max_bytes", PUBLISH_MAX_BYTES, 1024, MAX_REQUEST_BYTES)
         return cls(
             connection=connection,
             topics=topics,
@@ -134,10 +137,6 @@ class PubSubSink(RowSink):
         self.publisher = Publisher(self.config.connection, *self._client_settings())
 
     def _client_settings(self) -> tuple[Any, Any]:
-        from google.api_core import exceptions as gx
-        from google.api_core import retry as rx
-        from google.cloud.pubsub_v1 import types
-
         c = self.config
         batch = types.BatchSettings(max_bytes=c.max_bytes, max_latency=c.max_latency, max_messages=c.max_messages)
         # The client retries one Publish call's transient failures (a cheap, duplicate-free
@@ -162,8 +161,6 @@ class PubSubSink(RowSink):
 
     # -- writing -------------------------------------------------------------------------------
     def write(self, table: str, items: Sequence[Line]) -> SinkResult:
-        from google.cloud.pubsub_v1.publisher.exceptions import MessageTooLargeError
-
         topic = self.config.topics[table]
         kind = self.config.kinds.get(table, "")
         try:
@@ -199,8 +196,6 @@ class PubSubSink(RowSink):
     ) -> list[Rejection]:
         """Raise for a write some of whose messages failed, or return the permanent failures of
         single messages (the rest published) as rejections of those rows."""
-        from google.cloud.pubsub_v1.publisher.exceptions import PublishToPausedOrderingKeyException as Paused
-
         if self.config.ordering:
             for key in sorted({key for _, key, _ in failed if key}):
                 self.publisher.client().resume_publish(topic, key)
@@ -235,8 +230,6 @@ class PubSubSink(RowSink):
             self._ensure_topic(topic)
 
     def _ensure_topic(self, topic: str) -> None:
-        from google.api_core import exceptions as gx
-
         client = self.publisher.client()
         timeout = self.config.attempt_timeout * 0.6
         try:
@@ -261,8 +254,6 @@ class PubSubSink(RowSink):
     def drop(self, tables: list[str]) -> list[str]:
         """Delete this proxy's per-kind topics for `tables`; a PUBSUB_GOOD_TOPIC is never
         deleted. Subscriptions are not the proxy's: they stay, detached, with their backlog."""
-        from google.api_core import exceptions as gx
-
         if not self.config.per_kind:
             return []
         client = self.publisher.client()
@@ -289,7 +280,7 @@ class PubSubSink(RowSink):
 
 def _parse(line: bytes) -> dict[str, Any]:
     try:
-        row = json.loads(line)
+        row = codec.loads(line)
     except ValueError:
         return {}
     return row if isinstance(row, dict) else {}
