@@ -80,7 +80,7 @@ say "Lambda function $FUNCTION in $REGION; destinations: $(env_get destinations)
 skip=()
 has_destination s3 || [ ${#SECRET_NAMES[@]} -gt 0 ] || skip+=(boto3)
 has_destination gcs || skip+=(google-cloud-storage)
-env_has pubsub_bad_topic || skip+=(google-cloud-pubsub)
+has_destination pubsub || env_has pubsub_bad_topic || skip+=(google-cloud-pubsub)
 has_destination azure || skip+=(azure-storage-blob azure-identity)
 stage_code "$WORK/package" requirements-aws-lambda.txt "$ROOT/lambda_handler.py"
 if [ ${#skip[@]} -gt 0 ]; then

@@ -124,6 +124,21 @@ def test_gcp_run(tmp_path: Path) -> None:
     assert "--cpu-throttling" in sync.stdout.split() and "--no-cpu-throttling" not in sync.stdout
 
 
+def test_gcp_run_with_the_pubsub_destination(tmp_path: Path) -> None:
+    """Its topics are made if missing and the runtime role (publish only) is bound on each."""
+    base = ENVS["gcp-run-deploy.sh"].replace("DESTINATIONS=mixpanel,gcs", "DESTINATIONS=mixpanel,pubsub")
+    per_kind, _ = dry_run("gcp-run-deploy.sh", base + "EVENTS_TABLE_NAME=mp_events\n", tmp_path)
+    cmds = commands(per_kind.stdout)
+    for topic in ("mp_events", "users", "groups"):
+        path = f"projects/my-proj/topics/{topic}"
+        assert any(c.startswith(f"gcloud pubsub topics describe {path}") and f"topics create {path}" in c for c in cmds), topic
+        assert any(f"pubsub topics add-iam-policy-binding {path}" in c and "mpproxyRuntime" in c for c in cmds), topic
+    good, _ = dry_run("gcp-run-deploy.sh", base + "PUBSUB_GOOD_TOPIC=projects/other/topics/rows\n", tmp_path)
+    bindings = [c for c in commands(good.stdout) if "pubsub topics add-iam-policy-binding" in c]
+    assert len(bindings) == 2 and "projects/other/topics/rows" in bindings[1]  # the bad topic, then the good one
+    assert yaml.safe_load(heredoc(good.stdout, "env.yaml"))["PUBSUB_GOOD_TOPIC"] == "projects/other/topics/rows"
+
+
 def test_gcp_functions(tmp_path: Path) -> None:
     done, _ = dry_run("gcp-func-deploy.sh", ENVS["gcp-func-deploy.sh"], tmp_path)
     out = done.stdout

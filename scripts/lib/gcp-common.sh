@@ -45,13 +45,39 @@ gcp_iam() {
       --condition "expression=resource.name.startsWith(\"projects/_/buckets/$bucket/objects/${prefix:+$prefix/}_proxy_probe/\"),title=mpproxy-write-probe"
   fi
   if env_has pubsub_bad_topic; then
-    local topic project
-    topic="$(env_get pubsub_bad_topic)"
-    if [[ "$topic" != projects/* ]]; then
-      project="$(env_get pubsub_project)"
-      topic="projects/${project:-$GCP_PROJECT}/topics/$topic"
-    fi
+    local topic
+    topic="$(gcp_topic "$(env_get pubsub_bad_topic)")"
     run gcloud pubsub topics add-iam-policy-binding "$topic" --member "$GCP_MEMBER" --role "$GCP_RUNTIME_ROLE"
+  fi
+  if has_destination pubsub; then
+    # The pubsub destination's topics: PUBSUB_GOOD_TOPIC, else one per table. The runtime
+    # role may only publish, so they are made here (the proxy's setup then finds them).
+    local name path
+    local -a topics=()
+    if env_has pubsub_good_topic; then
+      topics=("$(env_get pubsub_good_topic)")
+    else
+      for name in events users groups; do
+        path="$(env_get "${name}_table_name")"
+        topics+=("${path:-$name}")
+      done
+    fi
+    for name in "${topics[@]}"; do
+      path="$(gcp_topic "$name")"
+      ensure gcloud pubsub topics describe "$path" -- gcloud pubsub topics create "$path"
+      run gcloud pubsub topics add-iam-policy-binding "$path" --member "$GCP_MEMBER" --role "$GCP_RUNTIME_ROLE"
+    done
+  fi
+}
+
+# gcp_topic NAME: a full topic path; a bare name is in PUBSUB_PROJECT (else GCP_PROJECT).
+gcp_topic() {
+  local project
+  if [[ "$1" == projects/* ]]; then
+    echo "$1"
+  else
+    project="$(env_get pubsub_project)"
+    echo "projects/${project:-$GCP_PROJECT}/topics/$1"
   fi
 }
 
