@@ -81,7 +81,7 @@ class PubSubConnection:
                 "starting with a letter and not with 'goog' (or a full projects/P/topics/T path)"
             )
         if not self.project:
-            raise ConfigError(f"PUBSUB_PROJECT (or BIGQUERY_PROJECT) is required: {variable} is a bare topic name")
+            raise ConfigError(f"PUBSUB_PROJECT (or BIGQUERY_PROJECT) is required for the topic {name!r} ({variable})")
         return f"projects/{self.project}/topics/{name}"
 
     def publisher(self, batch_settings: Any = (), publisher_options: Any = ()) -> Any:

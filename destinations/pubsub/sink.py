@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from concurrent import futures as cf
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from google.api_core import exceptions as gx
@@ -70,7 +70,6 @@ class PubSubSinkConfig:
     max_bytes: int = PUBLISH_MAX_BYTES
     max_latency: float = PUBLISH_MAX_LATENCY
     attempt_timeout: float = ATTEMPT_TIMEOUT
-    bad_topic: str | None = field(default=None)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PubSubSinkConfig:
@@ -99,7 +98,6 @@ class PubSubSinkConfig:
             max_bytes=max_bytes,
             max_latency=settings.get_float("pubsub_publish_max_latency_seconds", PUBLISH_MAX_LATENCY, 0),
             attempt_timeout=settings.get_float("pubsub_attempt_timeout_seconds", ATTEMPT_TIMEOUT, 0.1),
-            bad_topic=bad_path,
         )
 
 
