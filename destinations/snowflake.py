@@ -268,9 +268,11 @@ def classify(exc: BaseException, operation: str) -> Exception:
         return TransientError(message)
     if isinstance(exc, (sf.ForbiddenError, sf.BadRequest)) or errno in PERMANENT_ERRNOS:
         return PermanentError(message)
+    if 390_000 <= errno < 391_000 or sqlstate[:2] == "28":  # login refused: credentials, user, role, network policy
+        return PermanentError(message)
     if sqlstate[:2] in ("08", "40", "57", "XX", "53") or isinstance(exc, (sf.OperationalError, sf.InterfaceError)):
         return TransientError(message)
-    if isinstance(exc, sf.ProgrammingError) or sqlstate[:2] in ("42", "28", "0A") or 390_000 <= errno < 391_000:
+    if isinstance(exc, sf.ProgrammingError) or sqlstate[:2] in ("42", "0A"):
         return PermanentError(message)
     return TransientError(message)
 
