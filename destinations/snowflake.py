@@ -67,8 +67,9 @@ UNQUOTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
 NAME_PART = re.compile(r'"(?:[^"]|"")+"|[^."]+')
 ROW_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-# Error numbers: the session is gone (log in again, then the statement can run as it never ran).
-SESSION_GONE = {390104, 390111, 390112, 390113, 390114, 390115}
+# Error numbers: the session is gone (log in again, then the statement can run as it never ran):
+# Snowflake's session and master token codes, and HTTP 401 on a request of an open session.
+SESSION_GONE = {390104, 390111, 390112, 390113, 390114, 390115, 290401}
 # No warehouse: configuration, however transient its SQL state class looks.
 PERMANENT_ERRNOS = {606}
 
@@ -300,7 +301,9 @@ class Session:
             conn = snowflake.connector.connect(**self.config.connect_args())
         except Exception as exc:  # noqa: BLE001 - classified below
             error = classify(exc, "login")
-            raise (TransientError(str(error)) if isinstance(error, (SessionGone, RowError)) else error) from None
+            if isinstance(error, SessionGone):  # refused at login: the credentials, not the session
+                raise PermanentError(f"snowflake login: {error}") from None
+            raise (TransientError(str(error)) if isinstance(error, RowError) else error) from None
         self.connects += 1
         self.temporary = set()
         try:

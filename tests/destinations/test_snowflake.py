@@ -271,7 +271,7 @@ def test_errors_are_classified_for_the_delivery_layer(snowflake_standin, databas
     assert isinstance(classify(sf.DatabaseError("x", errno=390112), "INSERT"), SessionGone)
     assert isinstance(classify(sf.DatabaseError("bad password", errno=390100, sqlstate="28000"), "login"), PermanentError)
     assert isinstance(classify(sf.ProgrammingError("no warehouse", errno=606, sqlstate="57P03"), "I"), PermanentError)
-    assert isinstance(classify(sf.TooManyRequests("x"), "INSERT"), TransientError)
+    assert isinstance(classify(sf.TooManyRequests(), "INSERT"), TransientError)
 
 
 # -- settings ----------------------------------------------------------------------------------
