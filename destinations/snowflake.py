@@ -449,10 +449,21 @@ class SnowflakeSink(RowSink):
                 self._add_missing_columns(cursor, table)
             if c.stage:
                 cursor.execute(f"CREATE STAGE IF NOT EXISTS {fq(*c.stage)}")
-            if self.pipe is not None:
-                self.pipe.setup(cursor, self)
+            if self.pipe is not None and self.pipe.create:
+                for table in self.tables.values():
+                    cursor.execute(self.pipe_ddl(table))
 
         self.session.run("setup", work)
+
+    def pipe_ddl(self, table: TableSchema) -> str:
+        """The table's pipe: a transforming COPY from the table's folder of the stage. Snowpipe's
+        default ON_ERROR = SKIP_FILE keeps a file all-or-nothing."""
+        return (
+            f"CREATE PIPE IF NOT EXISTS {fq(*self.pipe.pipe_for(table))} AS "
+            f"COPY INTO {self.target(table)} ({column_list(table)}) "
+            f"FROM (SELECT {projection(table, '$1')} FROM {self.stage_ref(table.name)}/) "
+            "FILE_FORMAT = (TYPE = JSON COMPRESSION = GZIP)"
+        )
 
     def _add_missing_columns(self, cursor: Any, table: TableSchema) -> None:
         """Columns added to the schema since the table was made (EVENTS_EXTRA_COLUMNS...)."""
@@ -481,8 +492,11 @@ class SnowflakeSink(RowSink):
             for name in existing:
                 cursor.execute(f"DROP TABLE IF EXISTS {fq(self.config.database, self.config.schema, name)}")
                 dropped.append(f"{self.config.database}.{self.config.schema}.{name}")
-            if self.pipe is not None:
-                dropped += self.pipe.drop(cursor, [self.tables[wanted[n]] for n in wanted])
+            if self.pipe is not None and self.pipe.create:
+                for name in wanted.values():
+                    pipe = self.pipe.pipe_for(self.tables[name])
+                    cursor.execute(f"DROP PIPE IF EXISTS {fq(*pipe)}")
+                    dropped.append(".".join(pipe))
             return dropped
 
         return self.session.run("drop", work)
@@ -641,13 +655,22 @@ class SnowflakeSink(RowSink):
             self._remove_staged(folder)
             raise
 
-    def _remove_staged(self, folder: str) -> None:
-        """PURGE removed a loaded file; a failed load leaves it, so remove the folder. Best effort:
-        a leftover file costs storage only, never a second load (the folder is never reused)."""
+    def put(self, folder: str, name: str, body: bytes) -> None:
+        """PUT gzip bytes to `<stage>/<folder>/<name>` from memory."""
+        sql = put_sql(self.stage_ref(folder), name)
+        self.session.run("PUT", lambda cursor: cursor.execute(sql, file_stream=io.BytesIO(body)))
+
+    def remove_staged(self, *path: str) -> None:
+        """REMOVE a staged file or folder, best effort: a leftover costs storage only, never a
+        second load (folders are never reused; Snowpipe skips files it loaded)."""
         try:
-            self.session.run("REMOVE", lambda cursor: cursor.execute(f"REMOVE {self.stage_ref(folder)}/"))
+            self.session.run("REMOVE", lambda cursor: cursor.execute(f"REMOVE {self.stage_ref(*path)}"))
         except (PermanentError, TransientError, RowError) as exc:
-            log.debug("snowflake: REMOVE %s failed: %s", folder, exc)
+            log.debug("snowflake: REMOVE %s failed: %s", "/".join(path), exc)
+
+    def _remove_staged(self, folder: str) -> None:
+        """PURGE removed a loaded file; a failed load leaves it: remove the batch's folder."""
+        self.remove_staged(folder, "")
 
 
 def put_sql(stage_folder: str, file_name: str) -> str:

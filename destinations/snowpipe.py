@@ -21,12 +21,11 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
-import io
 import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote as url_quote
 
 import jwt
@@ -39,8 +38,10 @@ from core.settings import Settings
 from destinations.base import PermanentError, SinkResult, TransientError
 from destinations.schema import TableSchema
 
-if TYPE_CHECKING:
-    from destinations.snowflake import SnowflakeConfig, SnowflakeSink
+# The sink (destinations/snowflake.py) owns the SQL: this module calls back into it for
+# PUT, REMOVE and the insert path, and never imports it (no import cycle).
+SnowflakeSink = Any
+SnowflakeConfig = Any
 
 log = logging.getLogger(__name__)
 TOKEN_SECONDS = 3540  # Snowflake accepts key-pair JWTs that expire within an hour
@@ -96,30 +97,6 @@ class Snowpipe:
     def pipe_for(self, table: TableSchema) -> tuple[str, str, str]:
         database, schema, name = self.pipe
         return database, schema, f"{name}_{table.name.upper()}"
-
-    def setup(self, cursor: Any, sink: SnowflakeSink) -> None:
-        from destinations.snowflake import column_list, fq, projection
-
-        if not self.create:
-            return
-        for table in sink.tables.values():
-            cursor.execute(
-                f"CREATE PIPE IF NOT EXISTS {fq(*self.pipe_for(table))} AS "
-                f"COPY INTO {sink.target(table)} ({column_list(table)}) "
-                f"FROM (SELECT {projection(table, '$1')} FROM {sink.stage_ref(table.name)}/) "
-                "FILE_FORMAT = (TYPE = JSON COMPRESSION = GZIP)"
-            )
-
-    def drop(self, cursor: Any, tables: list[TableSchema]) -> list[str]:
-        from destinations.snowflake import fq
-
-        if not self.create:
-            return []
-        dropped = []
-        for table in tables:
-            cursor.execute(f"DROP PIPE IF EXISTS {fq(*self.pipe_for(table))}")
-            dropped.append(".".join(self.pipe_for(table)))
-        return dropped
 
     # -- the REST API
     def token(self) -> str:
@@ -180,15 +157,12 @@ class Snowpipe:
 
     # -- a write
     def write(self, sink: SnowflakeSink, table: TableSchema, lines: list[bytes]) -> SinkResult:
-        from destinations.snowflake import put_sql
-
         pipe = self.pipe_for(table)
         body = gzip.compress(b"\n".join(lines) + b"\n", compresslevel=6, mtime=0)
         path = hashlib.sha256(body).hexdigest()[:40] + ".json.gz"
         entry = self.report(pipe, path)  # a retry: Snowflake may have loaded it already
         if not (entry and entry.get("status") in FINAL):
-            put = put_sql(sink.stage_ref(table.name), path)
-            sink.session.run("PUT", lambda cursor: cursor.execute(put, file_stream=io.BytesIO(body)))
+            sink.put(table.name, path, body)
             self.insert_files(pipe, [path])
             entry = self.wait(pipe, path)
         status = (entry or {}).get("status")
@@ -207,11 +181,8 @@ class Snowpipe:
         return sink.insert(table, lines)
 
     def _remove(self, sink: SnowflakeSink, table: TableSchema, path: str) -> None:
-        """Best effort: a leftover file costs storage only (Snowpipe never loads a file twice)."""
-        try:
-            sink.session.run("REMOVE", lambda cursor: cursor.execute(f"REMOVE {sink.stage_ref(table.name, path)}"))
-        except Exception as exc:  # noqa: BLE001 - never fails a write that is already stored
-            log.debug("snowpipe: REMOVE %s failed: %s", path, exc)
+        # Best effort: a leftover file costs storage only (Snowpipe never loads a file twice).
+        sink.remove_staged(table.name, path)
 
     def close(self) -> None:
         self._http.close()
