@@ -47,6 +47,7 @@ SINKS: dict[str, tuple[str, str]] = {
     "gcs": ("gcs", "GCSSink"),
     "azure": ("azure", "AzureSink"),
     "redshift": ("redshift", "RedshiftSink"),
+    "snowflake": ("snowflake", "SnowflakeSink"),
     "pubsub": ("pubsub.sink", "PubSubSink"),
 }
 
@@ -78,7 +79,7 @@ def _mixpanel(settings: Settings, ctx: BuildContext) -> Destination:
 
 
 REGISTRY: dict[str, Factory] = {"mixpanel": _mixpanel, **{name: _sink(name) for name in SINKS}}
-PLANNED = {"bigquery", "snowflake"}
+PLANNED = {"bigquery"}
 
 
 def _load_custom(spec: str) -> Factory:
