@@ -180,8 +180,8 @@ def _unknown_time(value: Any) -> Any:
 
 
 def identity(table: str, row: dict[str, Any], columns: set[str]) -> str:
-    if table == "events":
-        return canonical(["events", row.get("insert_id")])
+    if table == "events":  # by insert_id; a destination that keeps only properties, by those
+        return canonical(["events", row.get("insert_id") if "insert_id" in columns else _json(row.get("properties"))])
     return canonical([table, [row.get(c) for c in IDENTITY if c in columns], _json(row.get("properties"))])
 
 

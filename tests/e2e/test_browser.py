@@ -230,7 +230,8 @@ def test_refused_origin_is_blocked_by_the_browser(refused) -> None:
     # the answer: the library reports failure. A preflighted one is never sent.
     assert out["results"]["immediate"] == 0, out["results"]
     assert out["results"]["preflighted"].startswith("error TypeError"), out["results"]
-    assert re.search(r"has been blocked by CORS policy", console), console
+    assert re.search(r"has been blocked by CORS policy: No 'Access-Control-Allow-Origin' header", console), console
+    assert "Response to preflight request doesn't pass access control check" in console, console
     tracked = [r for r in out["requests"] if "/track/" in r["url"]]
     assert tracked and all(r["failure"] for r in tracked), tracked
     headers = refused["preflight"].headers
