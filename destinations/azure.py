@@ -48,7 +48,7 @@ class AzureConfig:
             connection_string=settings.get("azure_connection_string"),
         )
         if not config.connection_string and not config.account:
-            raise ConfigError("azure_connection_string or azure_account is required by the azure destination")
+            raise ConfigError("AZURE_CONNECTION_STRING or AZURE_ACCOUNT is required by the azure destination")
         return config
 
 

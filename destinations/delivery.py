@@ -27,7 +27,7 @@ from typing import Any
 from core import metrics
 from core.records import Ingest, Kind
 from core.retry import PermanentError, RetriesExhausted, RetryPolicy, short_error
-from core.settings import ConfigError, Settings
+from core.settings import DELIVERY_MODES, Settings
 from destinations.base import Capabilities, Chunk, RowSink, SinkResult, WriteResult
 from destinations.deadletter import DeadLetter, DeadLetterFull
 from destinations.rows import RowBatch, dumps_row, hour_of, to_rows
@@ -57,9 +57,8 @@ class DeliveryConfig:
         caps = capabilities or Capabilities()
         max_records = pick("batch_max_records", settings.get_int, cls.max_records, 1)
         default_mode = "sync" if settings.runtime in FREEZING_RUNTIMES or max_records == 1 else "batch"
-        mode = (settings.get(f"{name}_delivery") or settings.get("delivery") or default_mode).lower()
-        if mode not in {"sync", "batch"}:
-            raise ConfigError(f"DELIVERY={mode!r} must be batch or sync")
+        variable = f"{name}_delivery" if settings.get(f"{name}_delivery") else "delivery"
+        mode = settings.get_choice(variable, DELIVERY_MODES, default_mode)
         retry = RetryPolicy(
             max_attempts=pick("retry_max_attempts", settings.get_int, RetryPolicy.max_attempts, 1),
             max_seconds=pick("retry_max_seconds", settings.get_float, RetryPolicy.max_seconds, 0),
@@ -79,7 +78,9 @@ class DeliveryConfig:
 @dataclass
 class DestinationState:
     """What /health reports for one destination: ok, retrying, dead_lettering or buffer_full,
-    with the last error, when things last went right and wrong, and counts."""
+    with the last error, when things last went right and wrong, and counts. Per process.
+    A failing state lasts until the next successful write (in batch mode, the next flush):
+    `ok` means the last attempt to deliver succeeded, or nothing has been attempted yet."""
 
     state: str = "ok"
     last_error: str | None = None

@@ -68,7 +68,7 @@ class LakeConfig:
         return cls(
             prefix=prefix,
             max_object_bytes=settings.get_int("lake_max_object_bytes", DEFAULT_MAX_OBJECT_BYTES, 1024),
-            gzip_level=min(9, settings.get_int("lake_gzip_level", 6, 1)),
+            gzip_level=settings.get_int("lake_gzip_level", 6, 1, 9),
         )
 
 

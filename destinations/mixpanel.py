@@ -33,6 +33,7 @@ from core.records import Ingest
 from core.retry import PermanentError, RetriesExhausted, RetryPolicy, TransientError, short_error
 from core.settings import Settings
 from destinations.base import Capabilities, Rejection, RowSink, SinkResult, UpstreamReply, WriteResult
+from destinations.delivery import DestinationState
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +221,10 @@ class MixpanelDestination:
         self.client = client
         # dispatch() gives us a little longer than our own deadline so we report, not get killed.
         self.timeout = settings.mixpanel_timeout_seconds + 2.0
+        # For /health: `unavailable` while Mixpanel cannot be reached or answers 429/5xx until the
+        # deadline, `ok` again with the next request it answers. Its verdict on the data is not a
+        # destination failure: refused records count as rejected.
+        self.state = DestinationState()
 
     def write(self, ingest: Ingest) -> WriteResult:
         started = time.monotonic()
@@ -245,10 +250,19 @@ class MixpanelDestination:
                 replies.append((offset, response.status_code, count, _parse_reply(response)))
         except MixpanelUnavailable as exc:
             sent = sum(c for _, _, c, _ in replies)
+            self.state.state = "unavailable"
+            self.state.last_error, self.state.last_error_at = str(exc), time.time()
             return WriteResult(self.name, "error", sent, len(items) - sent, _ms(started), str(exc), retryable=True)
         upstream = combine_replies(ingest.endpoint, replies)
         ok = _accepted(ingest.endpoint, upstream)
         inserted = len(items) if ok else _imported(upstream)
+        if upstream.status_code in RETRY_STATUSES:  # still failing when the deadline came
+            self.state.state = "unavailable"
+            self.state.last_error, self.state.last_error_at = f"Mixpanel answered HTTP {upstream.status_code}", time.time()
+        else:
+            self.state.state, self.state.last_success_at = "ok", time.time()
+            self.state.written_rows += inserted
+            self.state.rejected_rows += len(items) - inserted
         error = None if ok else short_error(Exception(verdict(ingest.endpoint, upstream)[1]))
         return WriteResult(
             self.name, "success" if ok else "error", inserted, len(items) - inserted, _ms(started), error, upstream=upstream
@@ -261,7 +275,7 @@ class MixpanelDestination:
         return []
 
     def health(self) -> dict[str, Any]:
-        return {"state": "ok", "mode": "sync", "api_host": self.client.base_url}
+        return {"mode": "sync", "api_host": self.client.base_url, **self.state.as_dict(time.time())}
 
     def redeliver(self, table: str, rows: list[Any]) -> int:
         raise PermanentError("synchronous Mixpanel forwarding spools nothing: set MIXPANEL_DELIVERY=batch to replay")

@@ -41,7 +41,7 @@ class PubSubConfig:
         if not topic.startswith("projects/"):
             project = settings.get("pubsub_project")
             if not project:
-                raise ConfigError("pubsub_project is required when pubsub_bad_topic is a bare topic name")
+                raise ConfigError(f"PUBSUB_PROJECT is required when PUBSUB_BAD_TOPIC={topic!r} is a bare topic name")
             topic = f"projects/{project}/topics/{topic}"
         return cls(
             topic=topic,
@@ -97,7 +97,7 @@ def topic_dead_letter(settings: Settings) -> TopicDeadLetter:
     try:
         import google.cloud.pubsub_v1  # noqa: F401 - fail at start-up, not on the first failed batch
     except ImportError:
-        raise ConfigError("pubsub_bad_topic needs google-cloud-pubsub installed") from None
+        raise ConfigError("PUBSUB_BAD_TOPIC needs google-cloud-pubsub installed") from None
     directory = settings.get("dead_letter_dir", "./spool") or "./spool"
     max_bytes = settings.get_int("dead_letter_max_bytes", 1 << 30, 1024)
     return TopicDeadLetter(directory, max_bytes, Publisher(PubSubConfig.from_settings(settings)))

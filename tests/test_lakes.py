@@ -374,8 +374,8 @@ def test_two_gunicorn_workers_never_overwrite_or_interleave(lakes, names, make_s
 def test_missing_required_variables_name_the_variable(make_settings):
     from destinations import build_destinations
 
-    for lake, variable in (("s3", "s3_bucket"), ("gcs", "gcs_bucket"), ("azure", "azure_container")):
-        with pytest.raises(ConfigError, match=variable):
+    for lake, variable in (("s3", "S3_BUCKET"), ("gcs", "GCS_BUCKET"), ("azure", "AZURE_CONTAINER")):
+        with pytest.raises(ConfigError, match=variable):  # spelt as the README does
             build_destinations(make_settings(destinations=lake, azure_connection_string="UseDevelopmentStorage=true"))
 
 
