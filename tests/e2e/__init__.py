@@ -2,8 +2,8 @@
 the Python and Node SDKs) through the proxy under gunicorn into Mixpanel (the test double)
 and every destination's stand-in at once.
 
-Run: `.venv/bin/python -m pytest -q tests/e2e` (scripts/test.d/e2e.sh installs Debian's
-chromium and npm playwright-core). The run ends with the matrix client × operation ×
+Run: `.venv/bin/python -m pytest -q tests/e2e` (scripts/test.d/browser.sh installs Debian's
+chromium, and npm playwright-core under .standins/browser/). The run ends with the matrix client × operation ×
 destination, each cell landed/sent, also written to `e2e-matrix.md` in pytest's base temp
 directory.
 

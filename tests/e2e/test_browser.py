@@ -37,11 +37,13 @@ from tests.support.processes import ROOT
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCRIPT = Path(__file__).with_name("browser.js")
+# npm playwright-core, kept out of the project's node_modules (scripts/test.d/browser.sh).
+PLAYWRIGHT = ROOT / ".standins" / "browser" / "node_modules"
 pytestmark = [
     pytest.mark.emulator,
     pytest.mark.skipif(not shutil.which("node"), reason="node is not installed"),
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (scripts/test.d/e2e.sh)"),
-    pytest.mark.skipif(not (ROOT / "node_modules" / "playwright-core").is_dir(), reason="npm playwright-core is not installed"),
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed: scripts/test.d/browser.sh"),
+    pytest.mark.skipif(not (PLAYWRIGHT / "playwright-core").is_dir(), reason="no playwright-core: scripts/test.d/browser.sh"),
 ]
 
 PEOPLE = {
@@ -102,7 +104,7 @@ def run_browser(page_url: str, proxy_url: str, scenario: str, workdir: Path, ids
         "timeout_ms": 30000,
         "ids": ids or {},
     }
-    env = {**os.environ, "NODE_PATH": str(ROOT / "node_modules")}
+    env = {**os.environ, "NODE_PATH": str(PLAYWRIGHT)}
     result = subprocess.run(
         ["node", str(SCRIPT), json.dumps(config)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180
     )
