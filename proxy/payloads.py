@@ -63,16 +63,30 @@ def gunzip(body: bytes, max_bytes: int) -> bytes:
     return out
 
 
+def _paired(raw: bytes) -> str | bytes:
+    """The browser SDK's own UTF-8 encoder writes each half of a UTF-16 surrogate pair as
+    three bytes of its own (CESU-8): an emoji arrives as ED A0 BC ED BE 89. A strict UTF-8
+    decoder refuses that and json.loads keeps two lone halves, which no encoder writes back
+    (the emoji became `??` everywhere); Mixpanel reads it as the one character. Re-pair."""
+    if b"\xed" not in raw:  # no surrogate half can be there: the hot path stays bytes
+        return raw
+    try:
+        text = raw.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        return raw  # not UTF-8 at all: json.loads says so
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
+
+
 def _loads(text: str | bytes, what: str) -> Any:
     try:
-        return json.loads(text)
+        return json.loads(_paired(text) if isinstance(text, bytes) else text)
     except (ValueError, RecursionError):
         raise PayloadError(f"{what} is not valid JSON") from None
 
 
 def _loads_json_or_ndjson(text: bytes) -> Any:
     try:
-        return json.loads(text)
+        return json.loads(_paired(text))
     except (ValueError, RecursionError):
         pass
     lines = [line for line in text.splitlines() if line.strip()]
@@ -81,7 +95,7 @@ def _loads_json_or_ndjson(text: bytes) -> Any:
     items = []
     for number, line in enumerate(lines, 1):
         try:
-            items.append(json.loads(line))
+            items.append(json.loads(_paired(line)))
         except (ValueError, RecursionError):
             raise PayloadError(f"line {number} of the NDJSON body is not valid JSON") from None
     return items
