@@ -12,16 +12,20 @@ import shutil
 import sys
 import tempfile
 
+from gunicorn.http import message as _http_message
+
 from core.settings import ConfigError, Settings
 
 try:
     _settings = Settings.from_env()
+    _max_url_bytes = _settings.max_url_bytes
 except ConfigError as exc:
     print(f"configuration error: {exc}", file=sys.stderr)
     raise SystemExit(2) from None
 
 bind = _settings.get("bind") or f"0.0.0.0:{_settings.port}"
-worker_class = "gevent"
+# gunicorn's gevent worker, whose SIGTERM starts draining the buffers at once (proxy/worker.py).
+worker_class = "proxy.worker.DrainingGeventWorker"
 workers = _settings.get_int("web_concurrency", os.cpu_count() or 1, 1)
 worker_connections = _settings.get_int("worker_connections", 1000, 1)
 # Time a worker gets after SIGTERM to finish requests and drain its buffers.
@@ -37,6 +41,14 @@ errorlog = "-"
 forwarded_allow_ips = "*"  # client IP is derived from X-Forwarded-For with TRUSTED_PROXY_HOPS
 max_requests = _settings.get_int("max_requests", 0, 0)
 max_requests_jitter = max_requests // 10
+# MAX_URL_BYTES: browser GET batches carry 50 base64 events in `?data=`, far past gunicorn's
+# 4094-byte default request line (414). gunicorn clamps the limit to its MAX_REQUEST_LINE
+# (8190) unless 0, which is unlimited; raising that bound instead keeps a limit, so a request
+# line past MAX_URL_BYTES still gets gunicorn's 414 ("Request Line is too large") before any
+# of it is buffered beyond the limit.
+limit_request_line = _max_url_bytes + len("OPTIONS  HTTP/1.1")
+if limit_request_line > _http_message.MAX_REQUEST_LINE:
+    _http_message.MAX_REQUEST_LINE = limit_request_line
 
 
 def on_starting(server) -> None:  # noqa: ANN001
@@ -52,22 +64,21 @@ def child_exit(server, worker) -> None:  # noqa: ANN001
     multiprocess.mark_process_dead(worker.pid)
 
 
-def _drain(worker) -> None:  # noqa: ANN001
-    app = getattr(worker, "wsgi", None)
-    runtime = getattr(app, "extensions", {}).get("mpproxy") if app is not None else None
-    if runtime is not None:
-        runtime.close(timeout=max(1, graceful_timeout - 2))
-
-
 def worker_int(worker) -> None:  # noqa: ANN001
     """SIGINT/SIGQUIT (Ctrl-C signals master and workers alike): drain before gunicorn's
     quick exit, which would otherwise cut a drain that worker_exit started."""
-    _drain(worker)
+    from proxy.worker import drain
+
+    drain(worker)
 
 
 def worker_exit(server, worker) -> None:  # noqa: ANN001
-    """Drain this worker's buffers before it exits (SIGTERM, max_requests, errors)."""
-    _drain(worker)
+    """Drain this worker's buffers before it exits. After SIGTERM the drain began at once
+    (proxy.worker.DrainingGeventWorker) and this waits for it; other exits (max_requests,
+    errors) drain here."""
+    from proxy.worker import drain
+
+    drain(worker)
 
 
 def on_exit(server) -> None:  # noqa: ANN001

@@ -10,7 +10,7 @@ from functools import cached_property
 from flask import Flask, current_app
 
 from core.records import Kind, Record
-from core.settings import Settings
+from core.settings import DEFAULT_BODY_READ_TIMEOUT_SECONDS, DEFAULT_MAX_URL_BYTES, Settings
 from destinations.base import Destination
 from destinations.mixpanel import MixpanelClient
 from destinations.rows import RowBatch, to_rows
@@ -30,6 +30,9 @@ class Runtime:
     upstream: MixpanelClient
     schemas: dict[Kind, TableSchema]
     row_transformer: RowTransformer | None = None
+    # BODY_READ_TIMEOUT_SECONDS and MAX_URL_BYTES, read (and validated) once at start-up.
+    body_read_timeout: float = DEFAULT_BODY_READ_TIMEOUT_SECONDS
+    max_url_bytes: int = DEFAULT_MAX_URL_BYTES
     closed: bool = field(default=False)
     _closing: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

@@ -1,0 +1,49 @@
+"""The gunicorn worker: gevent's, with a drain that starts the moment the worker is told to stop.
+
+gunicorn's gevent worker answers SIGTERM by waiting up to GRACEFUL_TIMEOUT for the
+requests in flight, and only then calls `worker_exit`. A client that stalls its upload
+holds that wait for the whole timeout; the master then kills the worker, and whatever
+the buffers held (acknowledged rows) is lost before any drain began. Here SIGTERM
+starts the drain at once, in its own greenlet, beside the requests still in flight:
+the buffers are written (or spooled) within GRACEFUL_TIMEOUT whatever the clients do.
+A request that finishes after the drain began writes its rows through at once
+(destinations/delivery.py), so it is not lost either.
+
+`worker_exit` (gunicorn.conf.py) still calls `drain()`: it returns as soon as this
+drain is done, and covers exits that send no SIGTERM (max_requests, a failed boot).
+SIGINT and SIGQUIT (quick shutdown) drain in `worker_int` before gunicorn exits.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from gunicorn.workers.ggevent import GeventWorker
+
+from core import green
+
+log = logging.getLogger(__name__)
+# Kept back from GRACEFUL_TIMEOUT: the master kills the worker when it runs out.
+MARGIN_SECONDS = 2
+
+
+def drain(worker: Any) -> None:
+    """Flush (or spool) every destination's buffer within the worker's graceful timeout."""
+    app = getattr(worker, "wsgi", None)
+    runtime = getattr(app, "extensions", {}).get("mpproxy") if app is not None else None
+    if runtime is not None:
+        runtime.close(timeout=max(1, worker.cfg.graceful_timeout - MARGIN_SECONDS))
+
+
+class DrainingGeventWorker(GeventWorker):
+    """gunicorn's gevent worker whose SIGTERM starts the drain beside in-flight requests."""
+
+    _drainer: Any = None
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        super().handle_exit(sig, frame)  # stop accepting; in-flight requests go on
+        if self._drainer is None:
+            log.info("worker %s: stopping, draining buffers now", self.pid)
+            # A signal handler must not block: the drain runs in a greenlet of its own.
+            self._drainer = green.spawn(drain, self)
