@@ -39,6 +39,10 @@ accesslog = "-" if _settings.get_bool("access_log") else None
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms "%(a)s"'
 errorlog = "-"
 forwarded_allow_ips = "*"  # client IP is derived from X-Forwarded-For with TRUSTED_PROXY_HOPS
+# ... so no header may rewrite the WSGI environment: with the default (SCRIPT_NAME,PATH_INFO)
+# any client could send `SCRIPT_NAME` (a 500 when the path does not start with it, a shifted
+# route when it does). BASE_PATH is the way to serve under a prefix.
+forwarder_headers = ""
 max_requests = _settings.get_int("max_requests", 0, 0)
 max_requests_jitter = max_requests // 10
 # MAX_URL_BYTES: browser GET batches carry 50 base64 events in `?data=`, far past gunicorn's

@@ -12,6 +12,10 @@ A request that finishes after the drain began writes its rows through at once
 `worker_exit` (gunicorn.conf.py) still calls `drain()`: it returns as soon as this
 drain is done, and covers exits that send no SIGTERM (max_requests, a failed boot).
 SIGINT and SIGQUIT (quick shutdown) drain in `worker_int` before gunicorn exits.
+
+One answer differs from gunicorn's: a request with a transfer coding it does not know
+(`Transfer-Encoding: xchunked`, a smuggling probe) gets 400, not 501. No SDK sends one;
+it is the client's mistake, and a 5xx would page the operator for it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from gunicorn.http.errors import InvalidHeader, UnsupportedTransferCoding
 from gunicorn.workers.ggevent import GeventWorker
 
 from core import green
@@ -47,3 +52,8 @@ class DrainingGeventWorker(GeventWorker):
             log.info("worker %s: stopping, draining buffers now", self.pid)
             # A signal handler must not block: the drain runs in a greenlet of its own.
             self._drainer = green.spawn(drain, self)
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        if isinstance(exc, UnsupportedTransferCoding):
+            exc = InvalidHeader("TRANSFER-ENCODING", req=req)
+        super().handle_error(req, client, addr, exc)

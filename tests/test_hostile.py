@@ -118,28 +118,43 @@ CHUNKED = request_head("POST", "/track", {"Content-Type": "application/json", "T
 GOOD = b'[{"event":"chunked","properties":{"distinct_id":"d","token":"t"}}]'
 
 
-@pytest.mark.parametrize(
-    "body",
-    [
-        b"zz\r\n" + GOOD + b"\r\n0\r\n\r\n",  # not hex
-        b"-5\r\n" + GOOD + b"\r\n0\r\n\r\n",  # negative
-        b"ffffffffffffffffffff\r\n" + GOOD + b"\r\n",  # huge
-        b"%x\r\n" % len(GOOD) + GOOD + b"\r\n",  # no last chunk
-        b"%x\n" % len(GOOD) + GOOD + b"\n0\n\n",  # bare LF
-        b"%x\r\n" % len(GOOD) + GOOD + b"XX0\r\n\r\n",  # no CRLF after the data
-    ],
-    ids=["not-hex", "negative", "huge", "no-last-chunk", "bare-lf", "no-crlf-after-data"],
-)
-def test_malformed_chunked_bodies_are_400_and_store_nothing(body, run_proxy, mp) -> None:  # noqa: F811
+MALFORMED_CHUNKED = {
+    "not-hex": b"zz\r\n" + GOOD + b"\r\n0\r\n\r\n",
+    "negative": b"-5\r\n" + GOOD + b"\r\n0\r\n\r\n",
+    "huge": b"ffffffffffffffffffff\r\n" + GOOD + b"\r\n",
+    "no-last-chunk": b"%x\r\n" % len(GOOD) + GOOD + b"\r\n",
+    "bare-lf": b"%x\n" % len(GOOD) + GOOD + b"\n0\n\n",
+    "no-crlf-after-data": b"%x\r\n" % len(GOOD) + GOOD + b"XX0\r\n\r\n",
+}
+
+
+def test_malformed_chunked_bodies_are_400_and_store_nothing(run_proxy, mp) -> None:  # noqa: F811
     proxy = run_proxy(destinations="mixpanel,files", mixpanel_api_host=mp.url)
-    reply = exchange(proxy.server.port, CHUNKED + body, half_close=True)
-    assert reply.status == 400, reply.head
+    for name, body in MALFORMED_CHUNKED.items():
+        reply = exchange(proxy.server.port, CHUNKED + body, half_close=True)
+        assert reply.status == 400, (name, reply.head)
     well_formed = b"%x\r\n" % len(GOOD) + GOOD + b"\r\n0\r\n\r\n"
     assert exchange(proxy.server.port, CHUNKED + well_formed, half_close=True).status == 200
     assert [r["event"] for r in mp.records("track")] == ["chunked"]
     proxy.stop()
     assert [r["event"] for r in read_rows(proxy.data_dir, "events")] == ["chunked"]
     assert "Traceback" not in proxy.log()
+
+
+def test_headers_that_would_be_server_errors_are_client_errors(run_proxy, mp) -> None:  # noqa: F811
+    """Found by the fuzz run: a client's `SCRIPT_NAME` header made gunicorn answer 500 (and could
+    shift the route), an unknown transfer coding 501."""
+    proxy = run_proxy(destinations="mixpanel", mixpanel_api_host=mp.url)
+    port = proxy.server.port
+    data = b64([event("script-name")])
+    for script_name in ("/nope", "/tr"):
+        reply = exchange(port, request_head("GET", f"/track?data={data}", {"SCRIPT_NAME": script_name}), half_close=True)
+        assert reply.status == 200, reply.head
+    body = b"%x\r\n" % len(GOOD) + GOOD + b"\r\n0\r\n\r\n"
+    for coding in ("xchunked", "chunked, x-custom"):
+        head = request_head("POST", "/track", {"Content-Type": "application/json", "Transfer-Encoding": coding})
+        assert exchange(port, head + body, half_close=True).status == 400, coding
+    assert [r["event"] for r in mp.records("track")] == ["script-name", "script-name"]
 
 
 # --- 4. multi-member gzip ----------------------------------------------------------------------

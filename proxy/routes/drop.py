@@ -46,7 +46,5 @@ def drop() -> Response:
             results[destination.name] = {"dropped": destination.drop()}
         except Exception as exc:  # noqa: BLE001
             results[destination.name] = {"error": type(exc).__name__}
-    log.warning(
-        "/drop executed", extra={**caller, "dropped": {k: len(v.get("dropped", [])) for k, v in results.items()}}
-    )
+    log.warning("/drop executed", extra={**caller, "dropped": {k: len(v.get("dropped", [])) for k, v in results.items()}})
     return replies.as_json({"status": "ok", "results": results})

@@ -21,7 +21,7 @@ def request_head(method: str, target: str, headers: dict[str, str] | None = None
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-def _read_reply(sock: socket.socket, deadline: float) -> RawReply:
+def _read_reply(sock: socket.socket, deadline: float, close_wait: float = 0.5) -> RawReply:
     data = b""
     closed = False
     while b"\r\n\r\n" not in data:
@@ -54,7 +54,7 @@ def _read_reply(sock: socket.socket, deadline: float) -> RawReply:
     body = rest[:length] if length is not None else rest
     if not closed:
         # Closed right after the reply? (a short wait: a kept-alive connection stays silent)
-        sock.settimeout(0.5)
+        sock.settimeout(close_wait)
         try:
             closed = sock.recv(1) == b""
         except (TimeoutError, ConnectionResetError):
@@ -62,13 +62,17 @@ def _read_reply(sock: socket.socket, deadline: float) -> RawReply:
     return RawReply(status, head, body, closed)
 
 
-def exchange(port: int, data: bytes, *, half_close: bool = False, timeout: float = 15.0) -> RawReply:
-    """Send `data` as is (optionally shutting down our sending side), read one reply."""
+def exchange(port: int, data: bytes, *, half_close: bool = False, timeout: float = 15.0, close_wait: float = 0.5) -> RawReply:
+    """Send `data` as is (optionally shutting down our sending side), read one reply;
+    `close_wait` is how long to wait after it to see whether the server closes."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(data)
-        if half_close:
-            sock.shutdown(socket.SHUT_WR)
-        return _read_reply(sock, time.monotonic() + timeout)
+        try:
+            sock.sendall(data)
+            if half_close:
+                sock.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed before taking it all: read what it said
+        return _read_reply(sock, time.monotonic() + timeout, close_wait)
 
 
 def trickle(port: int, head: bytes, body: bytes, *, every: float, timeout: float) -> RawReply:
