@@ -49,9 +49,13 @@ class DrainingGeventWorker(GeventWorker):
     def handle_exit(self, sig: int, frame: Any) -> None:
         super().handle_exit(sig, frame)  # stop accepting; in-flight requests go on
         if self._drainer is None:
-            log.info("worker %s: stopping, draining buffers now", self.pid)
-            # A signal handler must not block: the drain runs in a greenlet of its own.
-            self._drainer = green.spawn(drain, self)
+            # A signal handler must not block (nor log: it may have interrupted a log call):
+            # the drain runs in a greenlet of its own.
+            self._drainer = green.spawn(self._drain_now)
+
+    def _drain_now(self) -> None:
+        log.info("worker %s: stopping, draining buffers now", self.pid)
+        drain(self)
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         if isinstance(exc, UnsupportedTransferCoding):

@@ -628,12 +628,14 @@ def test_forwarded_for_from_a_direct_client_is_only_its_own_record(make_app, mp)
     assert [r["properties"]["ip"] for r in mp.records("track")] == ["203.0.113.99", "203.0.113.98"]
 
 
-def test_only_bodies_with_an_escape_are_walked_for_surrogates(monkeypatch) -> None:
-    """The hot path's shape: a body without a backslash is parsed once and not walked again."""
+def test_only_bodies_with_a_surrogate_escape_are_walked(monkeypatch) -> None:
+    """The hot path's shape: a body without a `\\uD8..`-`\\uDF..` escape is parsed once and
+    not walked again (Python's SDK escapes every non-ASCII character: `\\u00e9` is common)."""
     walked: list[Any] = []
     original = payloads._replace_lone_surrogates
     monkeypatch.setattr(payloads, "_replace_lone_surrogates", lambda value: walked.append(1) or original(value))
     payloads.decode(b"data=" + base64.b64encode(json.dumps([browser_event(i) for i in range(50)]).encode()), {})
+    payloads.decode(json.dumps([event(x="caf\u00e9")], ensure_ascii=True).encode(), {})
     assert walked == []
-    payloads.decode(json.dumps([event(x="\u00e9")], ensure_ascii=True).encode(), {})
-    assert walked == [1]
+    emoji = payloads.decode(json.dumps([event(x="\U0001f600")], ensure_ascii=True).encode(), {})
+    assert walked == [1] and emoji.items[0]["properties"]["x"] == "\U0001f600"
