@@ -10,8 +10,9 @@ without any CDN call. Content-hashed names cannot be listed in advance, so a has
 name the cached library does not mention costs one CDN fetch from a small hourly
 budget (`UNVERIFIED_FETCHES_PER_HOUR`), and a 404 is remembered: a client inventing
 hashes cannot turn the proxy into a CDN load generator. The cache holds at most
-`MAX_CACHED` assets. From MIXPANEL_LIB_DIR, only regular files whose real path is
-inside the folder are served (a symlink pointing out of it is not).
+`MAX_CACHED` assets and `MAX_CACHED_BYTES`, the least recently fetched leaving first.
+From MIXPANEL_LIB_DIR, only regular files whose real path is inside the folder are
+served (a symlink pointing out of it is not).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ MODULE_NAME = re.compile(
 )
 TTL_SECONDS = 3600
 MAX_CACHED = 32
+MAX_CACHED_BYTES = 24 * 1024 * 1024  # one version's library, modules and source maps fit (about 8 MB)
 MAX_REMEMBERED_MISSING = 256
 UNVERIFIED_FETCHES_PER_HOUR = 10
 
@@ -119,7 +121,9 @@ class LibraryCache:
                 raise
             self._cache[name] = (now, asset)
             self._cache.move_to_end(name)
-            while len(self._cache) > MAX_CACHED:
+            while len(self._cache) > MAX_CACHED or (
+                len(self._cache) > 1 and sum(len(a.body) for _, a in self._cache.values()) > MAX_CACHED_BYTES
+            ):
                 self._cache.popitem(last=False)
             return asset
 

@@ -493,6 +493,18 @@ def test_invented_module_hashes_are_fetched_within_a_budget(cdn) -> None:
     assert len(library._cache) <= staticlib.MAX_CACHED
 
 
+def test_the_library_cache_is_bounded(make_app, mp, monkeypatch) -> None:
+    """The double answers every `.js` name: far more hashed names than the cache holds."""
+    monkeypatch.setattr(staticlib, "UNVERIFIED_FETCHES_PER_HOUR", 1000)
+    library = LibraryCache(f"{mp.url}/libs/", None)
+    for n in range(staticlib.MAX_CACHED * 2):
+        library.get(f"mixpanel-targeting-{n:08d}.min.js")
+    assert len(library._cache) == staticlib.MAX_CACHED
+    monkeypatch.setattr(staticlib, "MAX_CACHED_BYTES", 3 * len(library.get("lib.min.js").body))
+    library.get("lib.js")
+    assert len(library._cache) == 3 and "lib.js" in library._cache
+
+
 def test_library_routes_under_real_names(make_app, cdn) -> None:
     client = make_app(mixpanel_cdn_url=cdn.url).test_client()
     assert client.get("/lib.min.js").status_code == 200
