@@ -35,7 +35,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = None  # we enforce MAX_BODY_BYTES ourselves, after gunzip too
     app.extensions["mpproxy"] = rt
-    init_cors(app, settings.frontend_url)
+    init_cors(app, settings.frontend_url, settings.base_path)
+
+    @app.before_request
+    def _url_limit() -> Response | None:
+        """MAX_URL_BYTES where nothing in front enforced it (gunicorn does: gunicorn.conf.py)."""
+        target = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
+        size = len(target) if target else len(request.path.encode()) + 1 + len(request.query_string)
+        if size > rt.max_url_bytes:
+            message = f"URL exceeds MAX_URL_BYTES ({rt.max_url_bytes} bytes): send the data in a POST body"
+            return replies.as_json({"error": message, "status": 414}, 414)
+        return None
+
     app.register_blueprint(bp, url_prefix=settings.base_path)
     cli.register(app)
 

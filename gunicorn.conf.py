@@ -91,6 +91,8 @@ def check_configuration(settings: Settings) -> str | None:
     return None
 
 
+from gunicorn.http import message as _http_message  # noqa: E402 - after the helpers above
+
 try:
     _settings = Settings.from_env()
     bind = _bind(_settings)
@@ -104,17 +106,31 @@ try:
     keepalive = _settings.get_int("keepalive", 5, 0)
     accesslog = "-" if _settings.get_bool("access_log") else None
     max_requests = _settings.get_int("max_requests", 0, 0)
+    _max_url_bytes = _settings.max_url_bytes
 except ConfigError as _exc:
     _stop(error_line(_exc))
 if (_problem := check_configuration(_settings)) is not None:
     _stop(_problem)
 
-worker_class = "gevent"
+# gunicorn's gevent worker, whose SIGTERM starts draining the buffers at once (proxy/worker.py).
+worker_class = "proxy.worker.DrainingGeventWorker"
 # Path only (%(U)s), never the query string: browser GET requests carry the payload in `data=`.
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms "%(a)s"'
 errorlog = "-"
 forwarded_allow_ips = "*"  # client IP is derived from X-Forwarded-For with TRUSTED_PROXY_HOPS
+# ... so no header may rewrite the WSGI environment: with the default (SCRIPT_NAME,PATH_INFO)
+# any client could send `SCRIPT_NAME` (a 500 when the path does not start with it, a shifted
+# route when it does). BASE_PATH is the way to serve under a prefix.
+forwarder_headers = ""
 max_requests_jitter = max_requests // 10
+# MAX_URL_BYTES: browser GET batches carry 50 base64 events in `?data=`, far past gunicorn's
+# 4094-byte default request line (414). gunicorn clamps the limit to its MAX_REQUEST_LINE
+# (8190) unless 0, which is unlimited; raising that bound instead keeps a limit, so a request
+# line past MAX_URL_BYTES still gets gunicorn's 414 ("Request Line is too large") before any
+# of it is buffered beyond the limit.
+limit_request_line = _max_url_bytes + len("OPTIONS  HTTP/1.1")
+if limit_request_line > _http_message.MAX_REQUEST_LINE:
+    _http_message.MAX_REQUEST_LINE = limit_request_line
 
 
 def on_starting(server) -> None:  # noqa: ANN001
@@ -130,22 +146,21 @@ def child_exit(server, worker) -> None:  # noqa: ANN001
     multiprocess.mark_process_dead(worker.pid)
 
 
-def _drain(worker) -> None:  # noqa: ANN001
-    app = getattr(worker, "wsgi", None)
-    runtime = getattr(app, "extensions", {}).get("mpproxy") if app is not None else None
-    if runtime is not None:
-        runtime.close(timeout=max(1, graceful_timeout - 2))
-
-
 def worker_int(worker) -> None:  # noqa: ANN001
     """SIGINT/SIGQUIT (Ctrl-C signals master and workers alike): drain before gunicorn's
     quick exit, which would otherwise cut a drain that worker_exit started."""
-    _drain(worker)
+    from proxy.worker import drain
+
+    drain(worker)
 
 
 def worker_exit(server, worker) -> None:  # noqa: ANN001
-    """Drain this worker's buffers before it exits (SIGTERM, max_requests, errors)."""
-    _drain(worker)
+    """Drain this worker's buffers before it exits. After SIGTERM the drain began at once
+    (proxy.worker.DrainingGeventWorker) and this waits for it; other exits (max_requests,
+    errors) drain here."""
+    from proxy.worker import drain
+
+    drain(worker)
 
 
 def on_exit(server) -> None:  # noqa: ANN001

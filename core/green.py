@@ -10,6 +10,7 @@ in the code base imports gevent.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from gevent import monkey
 from gevent.pool import Pool
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 #: The most destination writes one worker runs at once across all requests in dispatch().
 DISPATCH_POOL_SIZE = 256
@@ -53,6 +55,13 @@ def deadline(seconds: float | None, error: BaseException | None = None) -> Itera
 
 def sleep(seconds: float) -> None:
     gevent.sleep(seconds) if patched() else time.sleep(seconds)
+
+
+def spawn(function: Callable[..., Any], *args: Any) -> gevent.Greenlet:
+    """Start `function` in its own greenlet now; an exception it raises is logged, not lost."""
+    greenlet = gevent.spawn(function, *args)
+    greenlet.link_exception(lambda g: log.error("%s failed: %r", getattr(function, "__name__", function), g.exception))
+    return greenlet
 
 
 def off_loop(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:

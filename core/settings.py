@@ -29,11 +29,31 @@ REGION_HOSTS = {
 RUNTIMES = ("LOCAL", "GCP", "AWS", "AZURE", "LAMBDA", "FUNCTIONS")
 SERVERLESS_RUNTIMES = {"AWS", "GCP", "AZURE", "LAMBDA", "FUNCTIONS"}
 PRODUCTION_WORDS = {"prod", "production", "live"}
-#: Platform variables whose presence means a production deployment (Cloud Run, Lambda,
-#: Azure App Service/Functions, Heroku, Render, Cloud Functions).
-PRODUCTION_MARKERS = ("k_service", "aws_lambda_function_name", "website_site_name", "dyno", "render", "function_target")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DELIVERY_MODES = ("batch", "sync")
+# Variables a hosting platform sets in every container it runs: their presence means production.
+PLATFORM_MARKERS = (
+    "k_service",  # Cloud Run
+    "function_target",  # Cloud Functions (2nd gen)
+    "aws_lambda_function_name",  # Lambda
+    "ecs_container_metadata_uri_v4",  # ECS / Fargate
+    "functions_worker_runtime",  # Azure Functions
+    "website_site_name",  # Azure App Service
+    "container_app_name",  # Azure Container Apps
+    "dyno",  # Heroku
+    "render",  # Render
+    "fly_app_name",  # Fly.io
+    "railway_environment",  # Railway
+)
+# A URL (path and query) this long fits a 50-event browser batch sent with GET `?data=`.
+DEFAULT_MAX_URL_BYTES = 65536
+DEFAULT_BODY_READ_TIMEOUT_SECONDS = 30.0
+
+
+def is_production_name(environment: str) -> bool:
+    """`prod`, `production`, `prod-eu`, `production_us`, `live`: anything starting with `prod`."""
+    name = environment.strip().lower()
+    return name.startswith("prod") or name in PRODUCTION_WORDS
 
 
 class ConfigError(ValueError):
@@ -155,7 +175,7 @@ class Settings:
         if not environment:
             environment = "production" if runtime in SERVERLESS_RUNTIMES else "development"
         kwargs["environment"] = environment
-        log_format = get("log_format") or ("json" if environment in PRODUCTION_WORDS else "text")
+        log_format = get("log_format") or ("json" if is_production_name(environment) else "text")
         kwargs["log_format"] = _parse_choice("log_format", log_format, ("json", "text"))
         level = get("log_level") or "INFO"
         level = "WARNING" if level.strip().upper() == "WARN" else level
@@ -250,12 +270,24 @@ class Settings:
 
     @property
     def is_production(self) -> bool:
-        """ENVIRONMENT says so, RUNTIME is a cloud runtime, or a platform's marker variable is set."""
-        return (
-            self.environment in PRODUCTION_WORDS
-            or self.runtime in SERVERLESS_RUNTIMES
-            or any(self.env.get(m) for m in PRODUCTION_MARKERS)
-        )
+        """ENVIRONMENT starts with `prod` (or is `live`), RUNTIME is a cloud runtime, or a
+        platform's marker variable is set (PLATFORM_MARKERS)."""
+        return is_production_name(self.environment) or self.runtime in SERVERLESS_RUNTIMES or self.on_platform
+
+    @property
+    def on_platform(self) -> bool:
+        """A hosting platform's marker variable is set (Cloud Run, Lambda, Heroku, ...)."""
+        return any((self.env.get(marker) or "").strip() for marker in PLATFORM_MARKERS)
+
+    @property
+    def max_url_bytes(self) -> int:
+        """MAX_URL_BYTES: the longest request target (path and query) accepted; 414 beyond."""
+        return self.get_int("max_url_bytes", DEFAULT_MAX_URL_BYTES, 1024)
+
+    @property
+    def body_read_timeout_seconds(self) -> float:
+        """BODY_READ_TIMEOUT_SECONDS: the whole request body must arrive within this; 408 after."""
+        return self.get_float("body_read_timeout_seconds", DEFAULT_BODY_READ_TIMEOUT_SECONDS, 0.1)
 
     @property
     def outbound_proxies(self) -> dict[str, str]:

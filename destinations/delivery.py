@@ -305,7 +305,10 @@ class RowDestination:
         queued = 0
         now = self.clock()
         with self._lock:
-            for table, items, size in tables:
+            # The drain may have begun while this request waited for the lock: nobody will
+            # flush the buffer again, so write through (see write()).
+            late = self._stop.is_set()
+            for table, items, size in [] if late else tables:
                 if self._buffer.bytes + size > self.config.max_buffer_bytes:
                     spill.append((table, items))
                     continue
@@ -315,6 +318,8 @@ class RowDestination:
             pressure = min(self.config.max_bytes, self.config.max_buffer_bytes // 2)
             full = self._buffer.rows >= self.config.max_records or self._buffer.bytes >= pressure
             self._publish_gauges()
+        if late:
+            return self._write_now(tables, started)
         if full:
             self._wake.set()
         for table, items in spill:

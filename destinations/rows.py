@@ -70,7 +70,8 @@ def hour_of(row: Row) -> str:
 
 
 def parse_time(value: Any) -> float | None:
-    """Epoch seconds from seconds, milliseconds, floats, numeric strings or ISO 8601; None if unusable."""
+    """Epoch seconds from seconds, milliseconds, floats, numeric strings or ISO 8601; None if
+    unusable (whatever the client sent: the row then takes the receive time). Never raises."""
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, str):
@@ -78,24 +79,34 @@ def parse_time(value: Any) -> float | None:
         try:
             number = float(text)
         except ValueError:
-            try:
-                parsed = datetime.fromisoformat(text.replace("z", "Z"))
-            except ValueError:
-                return None
-            if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=UTC)
-            return parsed.timestamp()
+            return _iso_seconds(text)
         value = number
     if not isinstance(value, (int, float)):
         return None
-    seconds = float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:  # an integer beyond any double: as unusable as any other odd time
+        return None
     if not math.isfinite(seconds):
         return None
     if abs(seconds) >= MS_THRESHOLD:
         seconds /= 1000.0
-    if not (MIN_EPOCH <= seconds <= MAX_EPOCH):
+    return seconds if MIN_EPOCH <= seconds <= MAX_EPOCH else None
+
+
+def _iso_seconds(text: str) -> float | None:
+    try:
+        parsed = datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError:
         return None
-    return seconds
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    try:
+        seconds = parsed.timestamp()
+    except (OverflowError, ValueError):
+        return None
+    # An offset can carry year 1 or 9999 past what a UTC timestamp column holds.
+    return seconds if MIN_EPOCH <= seconds <= MAX_EPOCH else None
 
 
 def json_safe(value: Any, depth: int = 0) -> Any:

@@ -1,57 +1,81 @@
-"""CORS in one after_request hook (the browser SDK sends credentials).
+"""CORS through flask-cors, configured once in the factory, on the SDK routes only.
 
-FRONTEND_URL: a comma list of allowed origins; `none` disables CORS; unset reflects
-the request's Origin. An allowed Origin is echoed exactly with
-`Access-Control-Allow-Credentials: true`; `Vary: Origin` is always sent.
+FRONTEND_URL: a comma list of allowed origins; `none` disables CORS; unset allows any
+origin except `null`. An allowed Origin is echoed exactly with
+`Access-Control-Allow-Credentials: true` (the browser SDK sends credentials).
+
+Only what a browser SDK calls gets CORS: /track /engage /groups /import, the
+pass-through routes (/record, /flags, /decide, /settings) and the library. Operator
+routes (/ping, /health, /metrics, /drop) never do, so no web page can read or drive
+them with a visitor's credentials. The `null` origin (sandboxed iframes, `file:`
+pages, redirects) is never granted: any page can send it.
+
+One thing flask-cors does not do: it sends `Vary: Origin` only with an allowed origin
+and only when more than one origin could match. A response refused to one origin can
+then be cached and served to an allowed one (or the other way round), so
+`Vary: Origin` is added here to every response of a CORS route.
 """
 
 from __future__ import annotations
 
-from flask import Flask, Request, Response, request
+import logging
+import re
 
-ALLOWED_METHODS = "GET, POST, OPTIONS"
-MAX_AGE = "86400"
+from flask import Flask, Response, request
+from flask_cors import CORS
+
+log = logging.getLogger(__name__)
+
+METHODS = ["GET", "POST", "OPTIONS"]
+MAX_AGE = 86400
+SDK_ROUTES = ("track", "engage", "groups", "import", "record", "flags", "decide", "settings")
+# Any origin but `null`, for an unset FRONTEND_URL.
+ANY_BUT_NULL = re.compile(r"(?!null\Z).+\Z", re.IGNORECASE)
 
 
-class CorsPolicy:
-    def __init__(self, frontend_url: str | None) -> None:
-        raw = (frontend_url or "").strip()
-        self.disabled = raw.lower() == "none"
-        self.reflect_any = not raw
-        self.origins = {o.strip().rstrip("/") for o in raw.split(",") if o.strip()} if raw and not self.disabled else set()
+def allowed_origins(frontend_url: str | None) -> list[str | re.Pattern[str]] | None:
+    """The origins FRONTEND_URL allows, or None when CORS is disabled."""
+    raw = (frontend_url or "").strip()
+    if raw.lower() == "none":
+        return None
+    if not raw:
+        return [ANY_BUT_NULL]
+    origins = [o.strip().rstrip("/") for o in raw.split(",") if o.strip()]
+    if any(o.lower() == "null" for o in origins):
+        log.warning("FRONTEND_URL lists the `null` origin: ignored, any page can send it")
+    return [o for o in origins if o.lower() != "null"]
 
-    def allows(self, origin: str | None) -> bool:
-        if not origin or self.disabled:
-            return False
-        return self.reflect_any or origin.rstrip("/") in self.origins
 
-    def apply(self, req: Request, response: Response) -> Response:
-        if self.disabled:
-            return response
-        response.vary.add("Origin")
-        origin = req.headers.get("Origin")
-        if not self.allows(origin):
-            return response
-        response.headers["Access-Control-Allow-Origin"] = origin
-        response.headers["Access-Control-Allow-Credentials"] = "true"
-        if req.method == "OPTIONS":
-            response.headers["Access-Control-Allow-Methods"] = ALLOWED_METHODS
-            asked = req.headers.get("Access-Control-Request-Headers")
-            response.headers["Access-Control-Allow-Headers"] = asked or "Content-Type, Authorization"
-            response.headers["Access-Control-Max-Age"] = MAX_AGE
-            response.vary.add("Access-Control-Request-Headers")
+def sdk_paths(base_path: str | None) -> list[re.Pattern[str]]:
+    """The request paths of the SDK routes, under BASE_PATH."""
+    base = re.escape((base_path or "").rstrip("/"))
+    return [
+        re.compile(rf"{base}/(?:{'|'.join(SDK_ROUTES)})(?:/.*)?\Z"),
+        re.compile(rf"{base}/(?:lib\.min\.js|lib\.js|mixpanel-[^/]+|libs/[^/]+)\Z"),
+    ]
+
+
+def init_cors(app: Flask, frontend_url: str | None, base_path: str | None = None) -> None:
+    origins = allowed_origins(frontend_url)
+    if origins is None:
+        return
+    paths = sdk_paths(base_path)
+
+    # Registered before flask-cors's own hook, so it runs after it (Flask runs them in
+    # reverse): the Vary that flask-cors may have set is then kept as one header.
+    @app.after_request
+    def _vary(response: Response) -> Response:
+        if any(path.match(request.path) for path in paths):
+            response.vary.add("Origin")
         return response
 
-
-def init_cors(app: Flask, frontend_url: str | None) -> None:
-    policy = CorsPolicy(frontend_url)
-
-    @app.before_request
-    def _preflight() -> Response | None:
-        if request.method == "OPTIONS" and request.headers.get("Access-Control-Request-Method"):
-            return Response(status=204)
-        return None
-
-    @app.after_request
-    def _cors(response: Response) -> Response:
-        return policy.apply(request, response)
+    CORS(
+        app,
+        resources={path: {} for path in paths},
+        origins=origins,
+        methods=METHODS,
+        allow_headers="*",  # the headers the SDK asks for, echoed
+        supports_credentials=True,
+        max_age=MAX_AGE,
+        always_send=False,  # no Origin, no CORS headers
+    )

@@ -8,6 +8,7 @@ import time
 
 from flask import Response, request
 
+from core import green
 from core.records import Ingest, client_ip, normalize
 from proxy import payloads, replies
 from proxy.dispatch import dispatch
@@ -23,21 +24,44 @@ def request_client_ip() -> str | None:
     return client_ip(request.headers.get("X-Forwarded-For"), request.remote_addr, rt.settings.trusted_proxy_hops)
 
 
-def read_body(max_bytes: int) -> bytes:
-    """The raw body, never buffering more than `max_bytes` + 1: a declared or streamed
-    (chunked) body that is larger raises PayloadTooLarge instead of filling memory."""
-    if request.content_length is not None and request.content_length > max_bytes:
+def read_body(max_bytes: int, timeout: float | None = None) -> bytes:
+    """The whole raw body, or a PayloadError that says why not:
+
+    * 413 when it is declared or streamed (chunked) larger than `max_bytes`: never more than
+      `max_bytes` + 1 bytes are buffered;
+    * 408 when it has not arrived within `timeout` seconds (BODY_READ_TIMEOUT_SECONDS): a
+      client trickling its upload holds one connection slot that long, never longer;
+    * 400 when the server cannot read it (malformed chunked framing) or it ends before its
+      Content-Length: an incomplete body is never treated as a complete one.
+
+    After a 408 or a framing error the server closes the connection (gunicorn does not
+    reuse a connection whose body raised while being read)."""
+    declared = request.content_length
+    if declared is not None and declared > max_bytes:
         raise payloads.PayloadTooLarge(f"body exceeds {max_bytes} bytes")
     parts: list[bytes] = []
     size = 0
-    while size <= max_bytes:
-        chunk = request.stream.read(min(1 << 16, max_bytes + 1 - size))
-        if not chunk:
-            break
-        parts.append(chunk)
-        size += len(chunk)
+    # Only gevent can interrupt a blocked read; unpatched (a serverless handler, `flask run`),
+    # the platform or server in front has buffered the body already.
+    timeout = timeout if timeout and green.patched() else None
+    expired = payloads.BodyTimeout(f"request body not received within {timeout:g}s") if timeout else None
+    with green.deadline(timeout, expired):
+        try:
+            while size <= max_bytes:
+                chunk = request.stream.read(min(1 << 16, max_bytes + 1 - size))
+                if not chunk:
+                    break
+                parts.append(chunk)
+                size += len(chunk)
+        except payloads.PayloadError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the server's framing errors vary by server
+            log.info("unreadable request body: %s", type(exc).__name__)
+            raise payloads.PayloadError("request body is malformed or incomplete") from None
     if size > max_bytes:
         raise payloads.PayloadTooLarge(f"body exceeds {max_bytes} bytes")
+    if declared is not None and size < declared:
+        raise payloads.PayloadError(f"request body ended after {size} of its {declared} bytes (Content-Length)")
     return b"".join(parts)
 
 
@@ -47,7 +71,7 @@ def handle(endpoint: str) -> Response:
     query = request.args.to_dict(flat=True)
     verbose_hint = query.get("verbose", "") in payloads.TRUE_FLAGS
     try:
-        body = read_body(rt.settings.max_body_bytes)
+        body = read_body(rt.settings.max_body_bytes, rt.body_read_timeout)
         decoded = payloads.decode(body, query, request.headers.get("Content-Encoding"), rt.settings.max_body_bytes)
     except payloads.PayloadError as exc:
         log.info("rejected %s request: %s", endpoint, exc)

@@ -1,9 +1,15 @@
 """Decode whatever a Mixpanel SDK sent into plain JSON values (pure, no Flask).
 
-The order of checks follows docs/wire-formats.md: gunzip; raw JSON or NDJSON when the
-body starts with `[` or `{`; otherwise a form body (`data=...`), else `data` from
-the query string; a `data` value is JSON, or base64 of UTF-8 JSON. The decision is
-made from the bytes, never from the Content-Type (sendBeacon sends `text/plain`).
+The order of checks follows docs/wire-formats.md: gunzip (every member); raw JSON or
+NDJSON when the body starts with `[` or `{`; otherwise a form body (`data=...`), else
+`data` from the query string; a `data` value is JSON, or base64 of UTF-8 JSON. The
+decision is made from the bytes, never from the Content-Type (sendBeacon sends `text/plain`).
+
+What a value becomes is decided here, once, so that Mixpanel, the lakes and the
+warehouses all receive the same thing (docs/wire-formats.md, "Odd values"):
+`NaN`, `Infinity`, `-Infinity` and numbers too large for a double become `null`, as
+JavaScript's `JSON.stringify` makes them; a lone UTF-16 surrogate (`"\\ud800"` without
+its pair), which no UTF-8 encoder can write, becomes U+FFFD; integers stay exact.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
+import re
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +27,10 @@ from urllib.parse import parse_qsl
 
 GZIP_MAGIC = b"\x1f\x8b"
 TRUE_FLAGS = {"1", "true"}
+# `cat a.gz b.gz` is one valid gzip body; a body of thousands of empty members is an attack.
+MAX_GZIP_MEMBERS = 1000
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class PayloadError(ValueError):
@@ -29,6 +41,12 @@ class PayloadError(ValueError):
 
 class PayloadTooLarge(PayloadError):
     status = 413
+
+
+class BodyTimeout(PayloadError):
+    """The body did not arrive within BODY_READ_TIMEOUT_SECONDS."""
+
+    status = 408
 
 
 @dataclass(frozen=True)
@@ -50,52 +68,127 @@ class Decoded:
 
 
 def gunzip(body: bytes, max_bytes: int) -> bytes:
-    """Inflate a gzip (or zlib) body, refusing to produce more than `max_bytes` (gzip bombs)."""
-    inflater = zlib.decompressobj(wbits=47)  # 32 + 15: auto-detect gzip or zlib header
-    try:
-        out = inflater.decompress(body, max_bytes + 1)
-    except zlib.error:
-        raise PayloadError("body is not valid gzip") from None
-    if len(out) > max_bytes or inflater.unconsumed_tail:
-        raise PayloadTooLarge(f"body exceeds {max_bytes} bytes after gunzip")
-    if not inflater.eof:
-        raise PayloadError("gzip body is truncated")
-    return out
+    """Inflate a gzip (or zlib) body, every member of it (`cat a.gz b.gz` is valid gzip),
+    refusing to produce more than `max_bytes` (gzip bombs). Zero padding after the last
+    member is ignored; anything else after it is an error, never silently dropped."""
+    parts: list[bytes] = []
+    produced = 0
+    data = body
+    for _member in range(MAX_GZIP_MEMBERS):
+        inflater = zlib.decompressobj(wbits=47)  # 32 + 15: auto-detect gzip or zlib header
+        try:
+            out = inflater.decompress(data, max_bytes + 1 - produced)
+        except zlib.error:
+            raise PayloadError("body is not valid gzip") from None
+        produced += len(out)
+        if produced > max_bytes or inflater.unconsumed_tail:
+            raise PayloadTooLarge(f"body exceeds {max_bytes} bytes after gunzip")
+        if not inflater.eof:
+            raise PayloadError("gzip body is truncated")
+        parts.append(out)
+        data = inflater.unused_data
+        if not data.strip(b"\x00"):
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+    raise PayloadError(f"gzip body has more than {MAX_GZIP_MEMBERS} members")
 
 
-def _paired(raw: bytes) -> str | bytes:
-    """The browser SDK's own UTF-8 encoder writes each half of a UTF-16 surrogate pair as
-    three bytes of its own (CESU-8): an emoji arrives as ED A0 BC ED BE 89. A strict UTF-8
-    decoder refuses that and json.loads keeps two lone halves, which no encoder writes back
-    (the emoji became `??` everywhere); Mixpanel reads it as the one character. Re-pair."""
-    if b"\xed" not in raw:  # no surrogate half can be there: the hot path stays bytes
-        return raw
+def _finite(literal: str) -> float | None:
+    """A JSON float literal; one too large for a double (`1e999`) is null, like NaN."""
+    value = float(literal)
+    return value if math.isfinite(value) else None
+
+
+def _constant(_name: str) -> None:
+    """`NaN`, `Infinity`, `-Infinity`: not JSON, but Python's json.dumps writes them."""
+    return None
+
+
+def _json(text: str) -> Any:
+    value = json.loads(text, parse_float=_finite, parse_constant=_constant)
+    # A surrogate can only come from a `\\uD800`-style escape (bytes are decoded strictly):
+    # only a body holding one, a lone one or half of a pair, is walked. Most bodies hold no
+    # backslash at all, which memchr tells at once; the regex costs a scan of the rest.
+    if "\\" in text and _SURROGATE_ESCAPE.search(text):
+        value = _replace_lone_surrogates(value)
+    return value
+
+
+def _clean(text: str) -> str:
+    if text.isascii() or not _LONE_SURROGATE.search(text):  # isascii() is O(1) in CPython
+        return text
+    return _LONE_SURROGATE.sub("\ufffd", text)
+
+
+def _replace_lone_surrogates(value: Any) -> Any:
+    """Replace unpaired surrogates in every string, key or value, in place (iteratively:
+    the nesting json.loads accepted must not overflow the stack here)."""
+    if isinstance(value, str):
+        return _clean(value)
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if any(isinstance(k, str) and _clean(k) is not k for k in node):
+                items = [(_clean(k), v) for k, v in node.items()]
+                node.clear()
+                node.update(items)
+            for key, item in node.items():
+                if isinstance(item, str):
+                    node[key] = _clean(item)
+                elif isinstance(item, (dict, list)):
+                    stack.append(item)
+        elif isinstance(node, list):
+            for index, item in enumerate(node):
+                if isinstance(item, str):
+                    node[index] = _clean(item)
+                elif isinstance(item, (dict, list)):
+                    stack.append(item)
+    return value
+
+
+def _utf8(raw: bytes, what: str) -> str:
+    """Strict UTF-8, a leading BOM allowed (json.loads would let encoded surrogates
+    through: it decodes bytes with `surrogatepass`)."""
     try:
-        text = raw.decode("utf-8", "surrogatepass")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError:
-        return raw  # not UTF-8 at all: json.loads says so
-    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
+        if b"\xed" not in raw:  # no encoded surrogate half: simply not UTF-8
+            raise PayloadError(f"{what} is not UTF-8") from None
+    # The browser SDK's own UTF-8 encoder writes each half of a UTF-16 surrogate pair as
+    # three bytes of its own (CESU-8): an emoji arrives as ED A0 BC ED BE 89. Mixpanel reads
+    # it as the one character, so re-pair the halves; a half left alone becomes U+FFFD, as
+    # a lone `\ud800` escape does (decided once, here, for every destination).
+    try:
+        text = raw.decode("utf-8-sig", "surrogatepass")
+    except UnicodeDecodeError:
+        raise PayloadError(f"{what} is not UTF-8") from None
+    return _clean(text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass"))
 
 
 def _loads(text: str | bytes, what: str) -> Any:
+    if isinstance(text, bytes):
+        text = _utf8(text, what)
     try:
-        return json.loads(_paired(text) if isinstance(text, bytes) else text)
+        return _json(text)
     except (ValueError, RecursionError):
         raise PayloadError(f"{what} is not valid JSON") from None
 
 
-def _loads_json_or_ndjson(text: bytes) -> Any:
+def _loads_json_or_ndjson(body: bytes) -> Any:
+    text = _utf8(body, "body")
     try:
-        return json.loads(_paired(text))
+        return _json(text)
     except (ValueError, RecursionError):
         pass
-    lines = [line for line in text.splitlines() if line.strip()]
+    # Lines end at \n, \r\n or \r only: str.splitlines() would also split inside a value at
+    # U+2028 and the like, which JSON strings may hold unescaped.
+    lines = [line for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n") if line.strip()]
     if len(lines) < 2:
         raise PayloadError("body is not valid JSON")
     items = []
     for number, line in enumerate(lines, 1):
         try:
-            items.append(json.loads(_paired(line)))
+            items.append(_json(line))
         except (ValueError, RecursionError):
             raise PayloadError(f"line {number} of the NDJSON body is not valid JSON") from None
     return items

@@ -16,7 +16,7 @@ from functools import cached_property
 from flask import Flask, current_app
 
 from core.records import Kind, Record
-from core.settings import Settings
+from core.settings import DEFAULT_BODY_READ_TIMEOUT_SECONDS, DEFAULT_MAX_URL_BYTES, Settings
 from destinations import build_destinations, upstream_client
 from destinations.base import Destination
 from destinations.mixpanel import MixpanelClient
@@ -37,6 +37,9 @@ class Runtime:
     upstream: MixpanelClient
     schemas: dict[Kind, TableSchema]
     row_transformer: RowTransformer | None = None
+    # BODY_READ_TIMEOUT_SECONDS and MAX_URL_BYTES, read (and validated) once at start-up.
+    body_read_timeout: float = DEFAULT_BODY_READ_TIMEOUT_SECONDS
+    max_url_bytes: int = DEFAULT_MAX_URL_BYTES
     closed: bool = field(default=False)
     _closing: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -84,6 +87,8 @@ def build_runtime(settings: Settings) -> Runtime:
         transformer=Transformer.from_settings(settings),
         library=LibraryCache(settings.mixpanel_cdn_url, settings.mixpanel_lib_dir, proxies=settings.outbound_proxies),
         upstream=upstream,
+        body_read_timeout=settings.body_read_timeout_seconds,
+        max_url_bytes=settings.max_url_bytes,
     )
 
 

@@ -48,12 +48,14 @@ def test_cors_unset_reflects_the_origin_with_credentials(make_app, mp) -> None:
     assert "Origin" in reply.headers["Vary"]
 
 
-def test_cors_list_echoes_only_listed_origins(make_app, mp) -> None:
-    client = make_app(frontend_url="https://a.example, https://b.example/", mixpanel_api_host=mp.url).test_client()
-    allowed = client.get("/ping", headers={"Origin": "https://b.example"})
+@pytest.mark.parametrize("frontend_url", ["https://a.example, https://b.example/", "https://b.example"])
+def test_cors_list_echoes_only_listed_origins(frontend_url, make_app, mp) -> None:
+    client = make_app(frontend_url=frontend_url, mixpanel_api_host=mp.url).test_client()
+    allowed = client.post("/track/", data={"data": b64(event())}, headers={"Origin": "https://b.example"})
     assert allowed.headers["Access-Control-Allow-Origin"] == "https://b.example"
     assert allowed.headers["Access-Control-Allow-Credentials"] == "true"
-    refused = client.get("/ping", headers={"Origin": "https://evil.example"})
+    assert allowed.headers.getlist("Vary") == ["Origin"]
+    refused = client.post("/track/", data={"data": b64(event())}, headers={"Origin": "https://evil.example"})
     assert "Access-Control-Allow-Origin" not in refused.headers
     assert "Access-Control-Allow-Credentials" not in refused.headers
     assert "Origin" in refused.headers["Vary"]
@@ -61,8 +63,11 @@ def test_cors_list_echoes_only_listed_origins(make_app, mp) -> None:
 
 def test_cors_none_disables_it(make_app) -> None:
     client = make_app(frontend_url="none").test_client()
-    reply = client.get("/ping", headers={"Origin": "https://a.example"})
-    assert not [h for h in reply.headers.keys() if h.startswith("Access-Control-")]
+    for reply in (
+        client.post("/track/", data={"data": b64(event())}, headers={"Origin": "https://a.example"}),
+        client.options("/track/", headers={"Origin": "https://a.example", "Access-Control-Request-Method": "POST"}),
+    ):
+        assert not [h for h in reply.headers.keys() if h.startswith("Access-Control-")]
 
 
 def test_cors_preflight_with_custom_headers(make_app) -> None:
