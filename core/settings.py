@@ -232,7 +232,9 @@ class Settings:
             if (get(name) or "").strip():
                 _parse_url(name, get(name), "http://user:password@proxy.internal:3128")
         production = (
-            environment in PRODUCTION_WORDS or runtime in SERVERLESS_RUNTIMES or any(env.get(m) for m in PRODUCTION_MARKERS)
+            is_production_name(environment)
+            or runtime in SERVERLESS_RUNTIMES
+            or any((env.get(m) or "").strip() for m in PLATFORM_MARKERS)
         )
         raw_demo = get("demo") or ""
         kwargs["demo"] = _parse_bool("demo", raw_demo) if raw_demo.strip() else not production

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 METHODS = ["GET", "POST", "OPTIONS"]
 MAX_AGE = 86400
+MAX_LOGGED_ORIGINS = 64
 SDK_ROUTES = ("track", "engage", "groups", "import", "record", "flags", "decide", "settings")
 # Any origin but `null`, for an unset FRONTEND_URL.
 ANY_BUT_NULL = re.compile(r"(?!null\Z).+\Z", re.IGNORECASE)
@@ -63,10 +64,19 @@ def init_cors(app: Flask, frontend_url: str | None, base_path: str | None = None
 
     # Registered before flask-cors's own hook, so it runs after it (Flask runs them in
     # reverse): the Vary that flask-cors may have set is then kept as one header.
+    refused: set[str] = set()
+
     @app.after_request
     def _vary(response: Response) -> Response:
         if any(path.match(request.path) for path in paths):
             response.vary.add("Origin")
+            origin = request.headers.get("Origin")
+            if origin and "Access-Control-Allow-Origin" not in response.headers and origin not in refused:
+                # Once per origin and worker (bounded): an operator sees a misconfigured
+                # FRONTEND_URL without a hostile page flooding the log.
+                if len(refused) < MAX_LOGGED_ORIGINS:
+                    refused.add(origin)
+                    log.warning("CORS: origin %r not allowed (FRONTEND_URL)", origin[:200])
         return response
 
     CORS(

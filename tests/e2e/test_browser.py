@@ -241,7 +241,6 @@ def test_refused_origin_is_blocked_by_the_browser(refused) -> None:
     assert "Access-Control-Allow-Credentials" not in headers, dict(headers)
 
 
-@pytest.mark.xfail(reason="proxy/cors.py does not log a refused origin yet; expected once CORS moves to flask-cors", strict=False)
 def test_refused_origin_is_logged(refused) -> None:
     pattern = REFUSED_LOG.format(origin=re.escape(refused["origin"]))
     assert re.search(pattern, refused["log"](), re.IGNORECASE), refused["log"]()[-2000:]
