@@ -87,10 +87,10 @@ def resolve(name: str, variable: str) -> str:
     if len(name) >= 2 and name[0] == name[-1] == '"':
         inner = name[1:-1]
         if not inner or '"' in inner.replace('""', ""):
-            raise ConfigError(f"{variable}: {name!r} is not a valid quoted identifier")
+            raise ConfigError(f"{variable.upper()}: {name!r} is not a valid quoted identifier")
         return inner.replace('""', '"')
     if not UNQUOTED.match(name):
-        raise ConfigError(f'{variable}: {name!r} is not a valid Snowflake identifier (write "{name}" for an exact name)')
+        raise ConfigError(f'{variable.upper()}: {name!r} is not a valid Snowflake identifier (write "{name}" for an exact name)')
     return name.upper()
 
 
@@ -99,7 +99,7 @@ def qualified(value: str, variable: str, database: str, schema: str) -> tuple[st
     text = value.strip().removeprefix("@")
     parts = NAME_PART.findall(text)
     if not parts or ".".join(parts) != text or len(parts) > 3:
-        raise ConfigError(f"{variable}: {value!r} must be name, schema.name or database.schema.name")
+        raise ConfigError(f"{variable.upper()}: {value!r} must be name, schema.name or database.schema.name")
     exact = [resolve(p, variable) for p in parts]
     return tuple(([database, schema][: 3 - len(exact)] + exact)[-3:])  # type: ignore[return-value]
 
@@ -140,7 +140,7 @@ class SnowflakeConfig:
         password = settings.get("snowflake_password")
         key_text = settings.get("snowflake_private_key")
         if not password and not key_text:
-            raise ConfigError("snowflake_password or snowflake_private_key is required by the snowflake destination")
+            raise ConfigError("SNOWFLAKE_PASSWORD or SNOWFLAKE_PRIVATE_KEY is required by the snowflake destination")
         private_key = load_private_key(key_text, settings.get("snowflake_private_key_passphrase")) if key_text else None
         host = port = None
         protocol = "https"
@@ -148,15 +148,15 @@ class SnowflakeConfig:
         if url:
             parts = urlsplit(url if "://" in url else f"https://{url}")
             if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ConfigError(f"snowflake_access_url={url!r} must be a URL such as https://<account>.snowflakecomputing.com")
+                raise ConfigError(f"SNOWFLAKE_ACCESS_URL={url!r} must be a URL such as https://<account>.snowflakecomputing.com")
             host, port, protocol = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), parts.scheme
         stage_name, pipe_name = settings.get("snowflake_stage"), settings.get("snowflake_pipe")
         stage = qualified(stage_name, "snowflake_stage", database, schema) if stage_name else None
         pipe = qualified(pipe_name, "snowflake_pipe", database, schema) if pipe_name else None
         if pipe and not stage:
-            raise ConfigError("snowflake_pipe needs snowflake_stage: Snowpipe loads the files the proxy puts there")
+            raise ConfigError("SNOWFLAKE_PIPE needs SNOWFLAKE_STAGE: Snowpipe loads the files the proxy puts there")
         if pipe and not private_key:
-            raise ConfigError("snowflake_pipe needs snowflake_private_key: Snowpipe's REST API takes key-pair JWTs only")
+            raise ConfigError("SNOWFLAKE_PIPE needs SNOWFLAKE_PRIVATE_KEY: Snowpipe's REST API takes key-pair JWTs only")
         warehouse, role = settings.get("snowflake_warehouse"), settings.get("snowflake_role")
         return cls(
             account=settings.require("snowflake_account", "snowflake"),
@@ -211,7 +211,7 @@ def load_private_key(text: str, passphrase: str | None) -> bytes:
         key = serialization.load_pem_private_key(pem, passphrase.encode() if passphrase else None)
     except (ValueError, TypeError) as exc:
         reason = f"{type(exc).__name__}: wrong passphrase or not a PEM key"
-        raise ConfigError(f"snowflake_private_key cannot be read ({reason})") from None
+        raise ConfigError(f"SNOWFLAKE_PRIVATE_KEY cannot be read ({reason})") from None
     return key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 

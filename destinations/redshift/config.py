@@ -50,7 +50,7 @@ class RedshiftConfig:
         try:
             identifier(schema, "schema")
         except ValueError as exc:
-            raise ConfigError(f"redshift_schema_name: {exc}") from None
+            raise ConfigError(f"REDSHIFT_SCHEMA_NAME: {exc}") from None
         timeout = settings.get_float("redshift_statement_timeout_seconds", 50.0, 1)
         common: dict[str, Any] = {"schema": schema, "statement_timeout_seconds": timeout}
         if get("redshift_host"):
@@ -74,7 +74,7 @@ class RedshiftConfig:
         if workgroup and cluster:
             raise ConfigError("redshift: set redshift_workgroup or redshift_cluster_identifier, not both")
         if cluster and not (get("redshift_db_user") or get("redshift_secret_arn")):
-            raise ConfigError("redshift_cluster_identifier needs redshift_db_user or redshift_secret_arn")
+            raise ConfigError("REDSHIFT_CLUSTER_IDENTIFIER needs REDSHIFT_DB_USER or REDSHIFT_SECRET_ARN")
         return cls(
             mode="data_api",
             database=settings.require("redshift_database", "redshift"),

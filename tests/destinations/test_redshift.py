@@ -147,13 +147,13 @@ def test_the_schema_setting_is_honoured_and_validated(redshift_standin) -> None:
     assert (
         RedshiftSink(settings_for({**redshift_standin.data_api_env("x"), "redshift_schema_name": ""})).config.schema == "public"
     )
-    with pytest.raises(ConfigError, match="redshift_schema_name"):
+    with pytest.raises(ConfigError, match="(?i)redshift_schema_name"):
         sink_for(redshift_standin, "direct", 'bad"name')
-    with pytest.raises(ConfigError, match="redshift_workgroup"):
+    with pytest.raises(ConfigError, match="(?i)redshift_workgroup"):
         RedshiftSink(settings_for({"redshift_database": "dev"}))
-    with pytest.raises(ConfigError, match="redshift_db_user or redshift_secret_arn"):
+    with pytest.raises(ConfigError, match="(?i)redshift_db_user or redshift_secret_arn"):
         RedshiftSink(settings_for({"redshift_database": "dev", "redshift_cluster_identifier": CLUSTER}))
-    with pytest.raises(ConfigError, match="redshift_database"):
+    with pytest.raises(ConfigError, match="(?i)redshift_database"):
         RedshiftSink(settings_for({"redshift_workgroup": WORKGROUP}))
 
 

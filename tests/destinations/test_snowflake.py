@@ -279,7 +279,7 @@ def test_errors_are_classified_for_the_delivery_layer(snowflake_standin, databas
 
 def test_names_resolve_as_snowflake_identifiers():
     assert resolve("events", "v") == "EVENTS" and resolve('"Mixed Case"', "v") == "Mixed Case"
-    with pytest.raises(ConfigError, match="snowflake_database"):
+    with pytest.raises(ConfigError, match="(?i)snowflake_database"):
         base = {"snowflake_account": "a", "snowflake_user": "u", "snowflake_password": "p"}
         SnowflakeConfig.from_settings(Settings.from_mapping({**base, "snowflake_database": "bad-name"}))
     config = SnowflakeConfig.from_settings(
@@ -300,11 +300,11 @@ def test_names_resolve_as_snowflake_identifiers():
 
 def test_missing_credentials_and_pipe_without_key_name_the_variable():
     base = {"snowflake_account": "a", "snowflake_user": "u", "snowflake_database": "db"}
-    with pytest.raises(ConfigError, match="snowflake_password or snowflake_private_key"):
+    with pytest.raises(ConfigError, match="(?i)snowflake_password or snowflake_private_key"):
         SnowflakeConfig.from_settings(Settings.from_mapping(base))
-    with pytest.raises(ConfigError, match="snowflake_stage"):
+    with pytest.raises(ConfigError, match="(?i)snowflake_stage"):
         SnowflakeConfig.from_settings(Settings.from_mapping({**base, "snowflake_password": "p", "snowflake_pipe": "p"}))
-    with pytest.raises(ConfigError, match="snowflake_private_key"):
+    with pytest.raises(ConfigError, match="(?i)snowflake_private_key"):
         SnowflakeConfig.from_settings(
             Settings.from_mapping({**base, "snowflake_password": "p", "snowflake_pipe": "p", "snowflake_stage": "s"})
         )
@@ -330,5 +330,5 @@ def test_key_pair_authentication_logs_in(snowflake_standin, database):
         assert sink.write("events", lines_for(sink, "kp", 2)).written == 2
     finally:
         sink.close()
-    with pytest.raises(ConfigError, match="snowflake_private_key cannot be read"):
+    with pytest.raises(ConfigError, match="(?i)snowflake_private_key cannot be read"):
         SnowflakeConfig.from_settings(Settings.from_mapping({**env, "snowflake_private_key_passphrase": "wrong"}))
