@@ -46,6 +46,7 @@ SINKS: dict[str, tuple[str, str]] = {
     "s3": ("s3", "S3Sink"),
     "gcs": ("gcs", "GCSSink"),
     "azure": ("azure", "AzureSink"),
+    "bigquery": ("bigquery", "BigQuerySink"),
 }
 
 
@@ -76,7 +77,7 @@ def _mixpanel(settings: Settings, ctx: BuildContext) -> Destination:
 
 
 REGISTRY: dict[str, Factory] = {"mixpanel": _mixpanel, **{name: _sink(name) for name in SINKS}}
-PLANNED = {"bigquery", "snowflake", "redshift", "pubsub"}
+PLANNED = {"snowflake", "redshift", "pubsub"}
 
 
 def _load_custom(spec: str) -> Factory:
