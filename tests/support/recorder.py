@@ -114,8 +114,9 @@ class Recorder:
             exchange.headers = {k: v for k, v in reply.headers.items() if k.lower() not in HOP_BY_HOP}
         except requests.RequestException as exc:
             exchange.status, exchange.reply = 502, json.dumps({"error": {"code": 502, "message": str(exc)}}).encode()
-        if "Location" in exchange.headers:
-            exchange.headers["Location"] = exchange.headers["Location"].replace(self.upstream, self.url)
+        for key, value in exchange.headers.items():
+            if key.lower() == "location":
+                exchange.headers[key] = value.replace(self.upstream, self.url)
         status, reply_body = exchange.status, exchange.reply
         with self._lock:
             for rule in self._rules:

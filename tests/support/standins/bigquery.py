@@ -48,6 +48,16 @@ class BigQueryStandin:
     def query(self, sql: str) -> list[dict[str, Any]]:
         return [dict(row) for row in self.client().query(sql).result()]
 
+    def align_storage(self, dataset: str, table: str) -> None:
+        """Emulator gap: `tables.patch` adds columns to bqemulator's catalog but not to its
+        DuckDB table (BigQuery does both), so a test that adds columns that way adds them to
+        storage too, with the DDL BigQuery would accept."""
+        legacy = {"INTEGER": "INT64", "FLOAT": "FLOAT64", "BOOLEAN": "BOOL"}
+        for column in self.client().get_table(f"{self.project}.{dataset}.{table}").schema:
+            kind = legacy.get(column.field_type, column.field_type)
+            sql = f"ALTER TABLE `{self.project}.{dataset}.{table}` ADD COLUMN IF NOT EXISTS `{column.name}` {kind}"
+            self.client().query(sql).result()
+
 
 def ensure_installed() -> None:
     if not BINARY.exists():
