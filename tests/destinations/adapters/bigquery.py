@@ -1,4 +1,5 @@
-"""`bigquery` against bqemulator, once per write mode (`stream`: insertAll, `load`: load jobs)."""
+"""`bigquery` against bqemulator, once per write mode: `stream` (insertAll), `load` (load jobs),
+`storage_write` (the Storage Write API over gRPC, inside gunicorn's gevent workers)."""
 
 from __future__ import annotations
 
@@ -64,4 +65,9 @@ class LoadAdapter(BigQueryAdapter):
         return {"bigquery_load_interval_seconds": "1"}
 
 
-ADAPTERS = [StreamAdapter, LoadAdapter]
+class StorageWriteAdapter(BigQueryAdapter):
+    variant = "storage_write"
+    write = "storage_write"
+
+
+ADAPTERS = [StreamAdapter, LoadAdapter, StorageWriteAdapter]

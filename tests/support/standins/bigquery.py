@@ -42,8 +42,13 @@ class BigQueryStandin:
         return bigquery.Client(project=self.project, credentials=AnonymousCredentials(), client_options=options)
 
     def env(self, dataset: str, endpoint: str | None = None) -> dict[str, str]:
-        """Proxy variables for a dataset of its own on this stand-in."""
-        return {"bigquery_project": self.project, "bigquery_dataset": dataset, "bigquery_api_endpoint": endpoint or self.url}
+        """Proxy variables for a dataset of its own on this stand-in (REST and gRPC)."""
+        return {
+            "bigquery_project": self.project,
+            "bigquery_dataset": dataset,
+            "bigquery_api_endpoint": endpoint or self.url,
+            "bigquery_storage_api_endpoint": f"http://127.0.0.1:{self.grpc_port}",
+        }
 
     def query(self, sql: str) -> list[dict[str, Any]]:
         return [dict(row) for row in self.client().query(sql).result()]
