@@ -76,6 +76,10 @@ def bad_rows(found: list[dict[str, Any]], offsets: list[int]) -> dict[int, str]:
     return named
 
 
+def _digest(table: TableSchema, data: bytes) -> str:
+    return hashlib.sha256(table.name.encode() + b"\0" + data).hexdigest()
+
+
 def _transient(job: Any) -> bool:
     reasons = {str(e.get("reason")) for e in [job.error_result, *(job.errors or [])] if isinstance(e, dict)}
     return bool(reasons & TRANSIENT_REASONS)
@@ -100,6 +104,7 @@ class LoadWriter:
                 return SinkResult(len(remaining), tuple(Rejection(i, r) for i, r in sorted(rejected.items())))
             named = bad_rows(found, offsets)
             if not named:
+                self._check_table(table, data)
                 reason = reason_of(found[0]) if found else "no reason given"
                 raise PermanentError(f"bigquery load into {table.name} failed: {reason}")
             rejected.update({remaining[i]: reason for i, reason in named.items()})
@@ -111,7 +116,7 @@ class LoadWriter:
     def _run(self, table: TableSchema, data: bytes) -> list[dict[str, Any]] | None:
         """Run (or find and wait for) the job for exactly these bytes. None when it succeeded,
         its errors when BigQuery refused the data; raises for anything else."""
-        digest = hashlib.sha256(table.name.encode() + b"\0" + data).hexdigest()
+        digest = _digest(table, data)
         with self._lock:
             known = self._jobs.get(digest)
         job = self._find(known[0]) if known else None
@@ -130,8 +135,25 @@ class LoadWriter:
         if _transient(job):
             raise TransientError(f"bigquery load into {table.name}: {job.error_result.get('reason')}")
         if job.error_result.get("reason") == "notFound":
+            self._forget(digest)
             raise Missing(f"bigquery load into {table.name}: table not found")
         return list(job.errors or [job.error_result])
+
+    def _forget(self, digest: str) -> None:
+        """The job failed for a reason set-up fixes: the retry must submit a new one."""
+        with self._lock:
+            self._jobs.pop(digest, None)
+
+    def _check_table(self, table: TableSchema, data: bytes) -> None:
+        """A job refused without naming a row: if the table is gone, say so (set-up fixes that)."""
+        from google.api_core import exceptions as gx
+
+        with errors(f"bigquery table {table.name}"):
+            try:
+                self.client().get_table(self.config.table_id(table.name), retry=None, timeout=HTTP_TIMEOUT)
+            except gx.NotFound:
+                self._forget(_digest(table, data))
+                raise Missing(f"bigquery load into {table.name}: table not found") from None
 
     def _find(self, job_id: str) -> Any:
         from google.api_core import exceptions as gx

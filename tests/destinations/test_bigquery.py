@@ -309,6 +309,27 @@ def test_setup_on_an_existing_dataset_keeps_data_and_adds_new_extra_columns(run_
     assert count(bigquery_standin, dataset, "events", "browser IS NULL") == 10
 
 
+@pytest.mark.parametrize("write", ["stream", "load", "storage_write"])
+def test_a_table_dropped_by_hand_is_created_again_and_the_write_retried(bigquery_standin, dataset, write):
+    from core.records import Record
+    from destinations.rows import to_rows
+    from destinations.schema import build_schemas
+
+    settings = Settings.from_mapping(
+        {**bigquery_standin.env(dataset), "bigquery_write": write, "delivery": "batch", "bigquery_load_interval_seconds": "0"}
+    )
+    sink = BigQuerySink(settings)
+    sink.setup()
+    bigquery_standin.client().delete_table(f"{bigquery_standin.project}.{dataset}.events")
+    records = [Record("event", e, time.time()) for e in events("again", 3)]
+    rows = to_rows(records, build_schemas(settings)).tables["events"]
+    with pytest.raises(TransientError, match="created again"):
+        sink.write("events", rows)
+    assert sink.write("events", rows).written == 3
+    assert count(bigquery_standin, dataset, "events") == 3
+    sink.close()
+
+
 # -- configuration and classification (no service needed) ----------------------------------------------
 
 
@@ -328,6 +349,35 @@ def test_load_interval_follows_the_daily_budget_and_refuses_per_request_loads():
         BigQueryConfig.from_settings(make(bigquery_write="storage"))
     with pytest.raises(ConfigError, match="bigquery_dataset"):
         BigQueryConfig.from_settings(Settings.from_mapping({"bigquery_project": "p"}))
+
+
+def test_credentials_keyfile_or_key_pair_else_anonymous_only_with_an_endpoint(tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from google.auth.credentials import AnonymousCredentials
+    from google.oauth2 import service_account
+
+    pem = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        .private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        .decode()
+    )
+    email = "proxy@p.iam.gserviceaccount.com"
+    keyfile = tmp_path / "key.json"
+    info = {"type": "service_account", "client_email": email, "private_key": pem, "token_uri": "https://oauth2.googleapis.com/token"}
+    keyfile.write_text(json.dumps({**info, "project_id": "from-keyfile"}))
+    endpoint = "http://127.0.0.1:9"
+
+    by_file = BigQuerySink(Settings.from_mapping({"bigquery_dataset": "d", "bigquery_keyfile": str(keyfile)})).client()
+    assert isinstance(by_file._credentials, service_account.Credentials) and by_file.project == "from-keyfile"
+    pair = {"bigquery_service_account_email": email, "bigquery_service_account_private_key": pem.replace("\n", "\\n")}
+    by_pair = BigQuerySink(make(bigquery_api_endpoint=endpoint, **pair)).client()
+    assert isinstance(by_pair._credentials, service_account.Credentials)  # an endpoint never drops configured credentials
+    assert by_pair._connection.API_BASE_URL == endpoint
+    anonymous = BigQuerySink(make(bigquery_api_endpoint=endpoint)).client()
+    assert isinstance(anonymous._credentials, AnonymousCredentials)
+    with pytest.raises(ConfigError, match="SERVICE_ACCOUNT_PRIVATE_KEY"):
+        BigQueryConfig.from_settings(make(bigquery_service_account_email=email))
 
 
 def test_quota_and_rate_errors_are_transient_others_permanent():

@@ -74,7 +74,9 @@ def start_bigquery(logs: Path) -> BigQueryStandin:
     rest, grpc = free_port(), free_port()
     args = [str(BINARY), "start", "--rest-host", "127.0.0.1", "--rest-port", str(rest), "--grpc-host", "127.0.0.1"]
     args += ["--grpc-port", str(grpc), "--project", PROJECT, "--ephemeral", "--log-level", "warning"]
-    server = Server(args, env={"HOME": str(DIR / "home")}, log=logs / "bqemulator.log").start()
+    # A private HOME holds the DuckDB extension; uploads land under the run's own temporary folder.
+    env = {"HOME": str(DIR / "home"), "TMPDIR": str(logs)}
+    server = Server(args, env=env, log=logs / "bqemulator.log").start()
     standin = BigQueryStandin(server, rest, grpc)
     try:
         wait_until(lambda: list(standin.client().list_datasets(retry=None, timeout=2)) is not None, 90, 0.3, what="bqemulator")
