@@ -1,13 +1,21 @@
 # Slim image running the same gunicorn command as the Procfile.
+# What it copies is checked against what the app imports (tests/test_container.py), and
+# scripts/image-replay.sh replays these steps without a Docker engine.
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PORT=8080 ENVIRONMENT=production
 WORKDIR /app
 COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt
 COPY app.py gunicorn.conf.py ./
+COPY core/ core/
 COPY proxy/ proxy/
 COPY destinations/ destinations/
-RUN useradd --create-home proxy && mkdir -p /app/data /app/spool && chown proxy /app/data /app/spool
-USER proxy
+# TRANSFORM=examples/strip_pii.py:transform works out of the box.
+COPY examples/ examples/
+# A numeric user, so Kubernetes' runAsNonRoot can verify it without /etc/passwd.
+RUN useradd --uid 10001 --create-home proxy && mkdir -p /app/data /app/spool && chown 10001 /app/data /app/spool
+USER 10001
+# Platforms set PORT (Cloud Run, Render, Heroku); gunicorn.conf.py binds 0.0.0.0:$PORT.
 EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 CMD ["python", "-m", "proxy.healthcheck"]
 CMD ["gunicorn", "-c", "gunicorn.conf.py", "app:app"]

@@ -1,4 +1,10 @@
-"""The WSGI entry point: `gunicorn -k gevent app:app` (see gunicorn.conf.py)."""
+"""The WSGI entry point: `gunicorn -c gunicorn.conf.py app:app` (see gunicorn.conf.py).
+
+`create_app(settings)` builds the app. The module attribute `app` is built from the
+environment on first access (gunicorn's `app:app`, `flask --app app`), so the serverless
+entry points (main.py, lambda_handler.py, function_app.py) and the tests can import
+`create_app` without building a second app from the environment.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +16,13 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from core import metrics
-from core.settings import ConfigError, Settings
-from destinations import build_destinations, upstream_client
-from destinations.schema import build_schemas
+from core.settings import ConfigError, Settings, error_line
 from proxy import __version__, cli, replies
 from proxy.cors import init_cors
 from proxy.logs import configure_logging
 from proxy.memory import pin_mmap_threshold
 from proxy.routes import bp
-from proxy.runtime import Runtime
-from proxy.staticlib import LibraryCache
-from proxy.transform import RowTransformer, Transformer
+from proxy.runtime import build_runtime
 
 log = logging.getLogger("proxy")
 
@@ -29,22 +31,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     configure_logging(settings)
     pin_mmap_threshold()  # flat RSS across lake flushes (see proxy/memory.py)
+    rt = build_runtime(settings)  # the whole configuration check; raises ConfigError
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = None  # we enforce MAX_BODY_BYTES ourselves, after gunzip too
-    schemas = build_schemas(settings)
-    upstream = upstream_client(settings)  # the worker's one pool to Mixpanel
-    rt = Runtime(
-        settings=settings,
-        destinations=build_destinations(settings, schemas, upstream),
-        schemas=schemas,
-        row_transformer=RowTransformer.from_settings(settings),
-        transformer=Transformer.from_settings(settings),
-        library=LibraryCache(settings.mixpanel_cdn_url, settings.mixpanel_lib_dir),
-        upstream=upstream,
-    )
     app.extensions["mpproxy"] = rt
     init_cors(app, settings.frontend_url)
-    app.register_blueprint(bp, url_prefix=settings.get("base_path"))
+    app.register_blueprint(bp, url_prefix=settings.base_path)
     cli.register(app)
 
     @app.errorhandler(HTTPException)
@@ -74,12 +66,19 @@ def _load() -> Flask:
     try:
         return create_app()
     except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         # 4 is gunicorn's APP_LOAD_ERROR: the master stops instead of respawning the worker.
         raise SystemExit(4) from None
 
 
-app = _load()
+def __getattr__(name: str) -> Flask:
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    global app
+    app = _load()  # later look-ups find the module global and never come back here
+    return app
+
 
 if __name__ == "__main__":
-    app.run(host="127.0.0.1", port=app.extensions["mpproxy"].settings.port)
+    local = _load()
+    local.run(host="127.0.0.1", port=local.extensions["mpproxy"].settings.port)

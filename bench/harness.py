@@ -40,7 +40,12 @@ SETS: dict[str, tuple[str, str]] = {
     "files": ("mixpanel,files", "Mixpanel + files"),
     "s3": ("mixpanel,s3", "Mixpanel + S3 (moto)"),
     "all": ("mixpanel,files,s3", "everything available (Mixpanel + files + S3)"),
+    "files-batch": ("mixpanel,files", "Mixpanel + files, MIXPANEL_DELIVERY=batch"),
+    # `--node-original DIR`: the seed's Node proxy (forwards to Mixpanel only), pointed at the same double.
+    "node": ("", "Node original (Mixpanel only), the anchor"),
 }
+# Extra environment per set (the default is none).
+SET_ENV: dict[str, dict[str, str]] = {"files-batch": {"MIXPANEL_DELIVERY": "batch"}}
 # --isolation: a destination that never answers (tests/support/faulty.py in mode `hang`) next to Mixpanel.
 FAULTY = "tests.support.faulty:make"
 ISOLATION: dict[str, dict[str, Any]] = {
@@ -342,6 +347,23 @@ class Bench:
         log(f"  {result['events_per_s']:.0f} events/s, p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms")
         return result
 
+    def run_node(self, scenario: Scenario) -> dict:
+        """The seed's Node original, forwarding to the same nginx double (`--node-original DIR`)."""
+        tag = f"node-{scenario.name}"
+        if not self.args.node_original:
+            return {"tag": tag, "set": "node", "scenario": scenario.name, "unavailable": "not measured (`--node-original DIR`)"}
+        double = f"http://127.0.0.1:{self.nginx.mixpanel_port}"
+        server = procs.NodeOriginal(Path(self.args.node_original), self.work / "node-original", double, self.out / f"{tag}.log")
+        log(f"{tag}: the Node original, {scenario.connections} connections, {self.args.duration:g}s")
+        server.start()
+        try:
+            result = self.measure(server.url, scenario, tag, server.all_pids, strict=False)
+        finally:
+            server.stop()
+        result["set"] = "node"
+        log(f"  {result['events_per_s']:.0f} events/s, p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms")
+        return result
+
     def run_ceiling(self, scenario: Scenario) -> dict:
         """bench/ceiling.py on the proxy's stack: what any Flask proxy here can do at best. Nothing to count."""
         tag = f"ceiling-{scenario.name}"
@@ -372,6 +394,7 @@ class Bench:
                 why = f"same as Mixpanel + files until S3 is available ({reason})"
             return {"tag": tag, "set": set_key, "scenario": scenario.name, "unavailable": why}
         env, storage = self.proxy_env(destinations, tag)
+        env.update(SET_ENV.get(set_key, {}))
         server = procs.Gunicorn(env, self.out / f"gunicorn-{tag}.log", WORKERS)
         log(f"{tag}: DESTINATIONS={destinations}, {scenario.connections} connections, {self.args.duration:g}s")
         started = time.monotonic()
@@ -686,6 +709,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--profile-scenarios", default="browser,single", help="scenarios to profile (Mixpanel + files)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma list of " + ", ".join(SCENARIOS))
     parser.add_argument("--sets", default=",".join(SETS), help="comma list of " + ", ".join(SETS))
+    parser.add_argument(
+        "--node-original",
+        default=None,
+        metavar="DIR",
+        help="a checkout of the seed's Node proxy: copied, its Mixpanel URL pointed at the double, run as the anchor row",
+    )
     parser.add_argument("--seed", type=int, default=20241129)
     parser.add_argument("--render-only", action="store_true", help="only re-render RESULTS.md from bench/results.json")
     parser.add_argument("--retries", type=int, default=1, help="repeat a run disturbed by other jobs this many times")
@@ -747,6 +776,8 @@ def main(argv: list[str] | None = None) -> int:
                 for set_key in sets:
                     if set_key == "ceiling":
                         results["runs"].append(bench.clean_run(lambda s=scenario: bench.run_ceiling(s)))
+                    elif set_key == "node":
+                        results["runs"].append(bench.clean_run(lambda s=scenario: bench.run_node(s)))
                     else:
                         results["runs"].append(bench.clean_run(lambda k=set_key, s=scenario: bench.run_proxy(k, s)))
         if args.isolation:

@@ -6,7 +6,9 @@ those, by pid/process group id, and is called from a `finally` and from signal h
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -221,6 +223,49 @@ class Gunicorn:
     def stop(self) -> int | None:
         stop(self.proc, signal.SIGTERM, timeout=45)  # workers drain their buffers on SIGTERM
         return self.proc.returncode if self.proc else None
+
+
+class NodeOriginal:
+    """The seed's Node proxy as an anchor: DIR is copied (never modified), the hard-coded
+    `https://api.mixpanel.com` in middleware/mixpanel.js is pointed at the double, its npm
+    dependencies are installed, and `node server.js` runs with DESTINATIONS=mixpanel.
+    Nothing of it is committed here."""
+
+    def __init__(self, source: Path, work: Path, mixpanel_url: str, log: Path) -> None:
+        self.source = source
+        self.work = work
+        self.mixpanel_url = mixpanel_url
+        self.log = log
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def prepare(self) -> None:
+        if not (self.work / "node_modules").is_dir():
+            shutil.rmtree(self.work, ignore_errors=True)
+            shutil.copytree(self.source, self.work, ignore=shutil.ignore_patterns(".git", "node_modules"))
+            npm = ["npm", "install", "--omit=dev", "--no-audit", "--no-fund"]
+            subprocess.run(npm, cwd=self.work, check=True, capture_output=True)
+        module = self.work / "middleware" / "mixpanel.js"
+        text = module.read_text()
+        text = re.sub(r"const BASE_URL = [^;\n]+;?", f"const BASE_URL = {json.dumps(self.mixpanel_url)};", text, count=1)
+        module.write_text(text)
+
+    def start(self) -> NodeOriginal:
+        self.prepare()
+        env = {"PORT": str(self.port), "NODE_ENV": "prod", "DESTINATIONS": "mixpanel", "RUNTIME": "LOCAL"}
+        self.proc = start(["node", "server.js"], self.log, env=env, cwd=self.work)
+        wait_until(lambda: http_ok(self.url + "/track?verbose=1"), 60, what="the Node original")
+        return self
+
+    def all_pids(self) -> list[int]:
+        return [self.proc.pid, *children(self.proc.pid)] if self.proc else []
+
+    def stop(self) -> None:
+        stop(self.proc, signal.SIGTERM, timeout=15)
 
 
 def tail(path: Path, lines: int = 15) -> str:

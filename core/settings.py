@@ -5,6 +5,10 @@ under the real environment (the real environment wins), lower-cases every name
 (names are case-insensitive, as in the Node original), validates, and returns a
 frozen object. Destination modules read their own variables through
 `Settings.get()` from the frozen `env` mapping; nothing else touches `os.environ`.
+
+Every error is a `ConfigError` whose message names the variable as the README spells
+it (upper case), the bad value and what is allowed; `error_line()` makes the one line
+that start-up prints before exiting with status 4.
 """
 
 from __future__ import annotations
@@ -22,12 +26,24 @@ REGION_HOSTS = {
     "EU": "https://api-eu.mixpanel.com",
     "IN": "https://api-in.mixpanel.com",
 }
+RUNTIMES = ("LOCAL", "GCP", "AWS", "AZURE", "LAMBDA", "FUNCTIONS")
 SERVERLESS_RUNTIMES = {"AWS", "GCP", "AZURE", "LAMBDA", "FUNCTIONS"}
 PRODUCTION_WORDS = {"prod", "production", "live"}
+#: Platform variables whose presence means a production deployment (Cloud Run, Lambda,
+#: Azure App Service/Functions, Heroku, Render, Cloud Functions).
+PRODUCTION_MARKERS = ("k_service", "aws_lambda_function_name", "website_site_name", "dyno", "render", "function_target")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DELIVERY_MODES = ("batch", "sync")
 
 
 class ConfigError(ValueError):
-    """A setting is missing or invalid; the message names the variable."""
+    """A setting is missing or invalid; the message names the variable (upper case),
+    the bad value and what is allowed."""
+
+
+def error_line(exc: ConfigError) -> str:
+    """The one line start-up prints for a configuration error."""
+    return f"configuration error: {exc} (variable names are case-insensitive)"
 
 
 def _parse_bool(name: str, raw: str) -> bool:
@@ -39,13 +55,33 @@ def _parse_bool(name: str, raw: str) -> bool:
     raise ConfigError(f"{name.upper()}={raw!r} is not a boolean (use true or false)")
 
 
-def _parse_number(name: str, raw: str, kind: type, minimum: float = 0) -> Any:
+def _parse_number(name: str, raw: str, kind: type, minimum: float = 0, maximum: float | None = None) -> Any:
     try:
         value = kind(raw.strip())
     except ValueError:
-        raise ConfigError(f"{name.upper()}={raw!r} is not a {kind.__name__}") from None
+        what = "a whole number" if kind is int else "a number"
+        raise ConfigError(f"{name.upper()}={raw!r} is not {what}") from None
+    if value != value or value in (float("inf"), float("-inf")):  # nan, inf
+        raise ConfigError(f"{name.upper()}={raw!r} is not a finite number")
+    if maximum is not None and not minimum <= value <= maximum:
+        raise ConfigError(f"{name.upper()}={raw!r} must be between {minimum} and {maximum}")
     if value < minimum:
         raise ConfigError(f"{name.upper()}={raw!r} must be at least {minimum}")
+    return value
+
+
+def _parse_choice(name: str, raw: str, choices: tuple[str, ...], upper: bool = False) -> str:
+    value = raw.strip().upper() if upper else raw.strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name.upper()}={raw!r} must be one of {', '.join(choices)}")
+    return value
+
+
+def _parse_url(name: str, raw: str, example: str) -> str:
+    value = raw.strip()
+    if not value.startswith(("http://", "https://")) or len(value.split("://", 1)[1].strip("/")) == 0:
+        shown = raw.rsplit("@", 1)[-1] if "@" in raw else raw  # a proxy URL may carry credentials
+        raise ConfigError(f"{name.upper()}={shown!r} must be a full URL such as {example}")
     return value
 
 
@@ -81,6 +117,9 @@ class Settings:
     mixpanel_lib_dir: str | None = None
     mixpanel_timeout_seconds: float = 10.0
     data_dir: str = "./data"
+    base_path: str | None = None
+    #: The /demo page: on outside production unless DEMO=false; DEMO=true turns it on anywhere.
+    demo: bool = True
     max_body_bytes: int = 10 * 1024 * 1024
     trusted_proxy_hops: int = 1
     destination_timeout_seconds: float = 15.0
@@ -110,17 +149,17 @@ class Settings:
         frontend = (get("frontend_url") or "").strip()
         kwargs["frontend_url"] = frontend or None
 
-        runtime = (get("runtime") or "LOCAL").strip().upper()
+        runtime = _parse_choice("runtime", get("runtime") or "LOCAL", RUNTIMES, upper=True)
         kwargs["runtime"] = runtime
         environment = (get("environment") or get("app_env") or "").strip().lower()
         if not environment:
             environment = "production" if runtime in SERVERLESS_RUNTIMES else "development"
         kwargs["environment"] = environment
-        log_format = (get("log_format") or ("json" if environment in PRODUCTION_WORDS else "text")).lower()
-        if log_format not in {"json", "text"}:
-            raise ConfigError(f"LOG_FORMAT={log_format!r} must be json or text")
-        kwargs["log_format"] = log_format
-        kwargs["log_level"] = (get("log_level") or "INFO").upper()
+        log_format = get("log_format") or ("json" if environment in PRODUCTION_WORDS else "text")
+        kwargs["log_format"] = _parse_choice("log_format", log_format, ("json", "text"))
+        level = get("log_level") or "INFO"
+        level = "WARNING" if level.strip().upper() == "WARN" else level
+        kwargs["log_level"] = _parse_choice("log_level", level, LOG_LEVELS, upper=True)
 
         for table in ("events", "users", "groups"):
             name = (get(f"{table}_table_name") or table).strip()
@@ -131,13 +170,13 @@ class Settings:
         kwargs["mixpanel_token"] = (get("mixpanel_token") or "").strip() or None
         region = (get("mixpanel_region") or "US").strip().upper()
         if region not in REGION_HOSTS:
-            raise ConfigError(f"MIXPANEL_REGION={region!r} must be one of US, EU, IN")
+            raise ConfigError(f"MIXPANEL_REGION={get('mixpanel_region')!r} must be one of US, EU, IN")
         kwargs["mixpanel_region"] = region
-        api_host = (get("mixpanel_api_host") or REGION_HOSTS[region]).strip().rstrip("/")
-        if not api_host.startswith(("http://", "https://")):
-            raise ConfigError(f"MIXPANEL_API_HOST={api_host!r} must be a full base URL such as https://api.mixpanel.com")
-        kwargs["mixpanel_api_host"] = api_host
-        cdn = (get("mixpanel_cdn_url") or "https://cdn.mxpnl.com/libs/").strip()
+        api_host = _parse_url("mixpanel_api_host", get("mixpanel_api_host") or REGION_HOSTS[region], "https://api.mixpanel.com")
+        kwargs["mixpanel_api_host"] = api_host.rstrip("/")
+        cdn = _parse_url(
+            "mixpanel_cdn_url", get("mixpanel_cdn_url") or "https://cdn.mxpnl.com/libs/", "https://cdn.mxpnl.com/libs/"
+        )
         kwargs["mixpanel_cdn_url"] = cdn if cdn.endswith("/") else cdn + "/"
         lib_dir = (get("mixpanel_lib_dir") or "").strip() or None
         if lib_dir and not Path(lib_dir).is_dir():
@@ -153,10 +192,30 @@ class Settings:
             )
 
         kwargs["data_dir"] = (get("data_dir") or "./data").strip()
+        base_path = (get("base_path") or "").strip().strip("/")
+        if base_path and not all(part and all(c.isalnum() or c in "-_.~" for c in part) for part in base_path.split("/")):
+            raise ConfigError(f"BASE_PATH={get('base_path')!r} must be a path such as /mp (letters, digits, - _ . ~ and /)")
+        kwargs["base_path"] = f"/{base_path}" if base_path else None
         if get("max_body_bytes"):
             kwargs["max_body_bytes"] = _parse_number("max_body_bytes", get("max_body_bytes"), int, 1024)
         if get("trusted_proxy_hops"):
             kwargs["trusted_proxy_hops"] = _parse_number("trusted_proxy_hops", get("trusted_proxy_hops"), int, 0)
+
+        # Read elsewhere (delivery, /drop, gunicorn.conf.py, the egress proxy), checked here so that
+        # a typo stops start-up rather than surfacing on the first request that needs it.
+        for name in ("delivery", "mixpanel_delivery"):
+            if (get(name) or "").strip():
+                _parse_choice(name, get(name), DELIVERY_MODES)
+        for name in ("access_log", "drop_allow_production"):
+            _parse_bool(name, get(name) or "")
+        for name in ("http_proxy", "https_proxy"):
+            if (get(name) or "").strip():
+                _parse_url(name, get(name), "http://user:password@proxy.internal:3128")
+        production = (
+            environment in PRODUCTION_WORDS or runtime in SERVERLESS_RUNTIMES or any(env.get(m) for m in PRODUCTION_MARKERS)
+        )
+        raw_demo = get("demo") or ""
+        kwargs["demo"] = _parse_bool("demo", raw_demo) if raw_demo.strip() else not production
         return cls(**kwargs)
 
     # -- helpers for destination modules -------------------------------------------------
@@ -169,27 +228,33 @@ class Settings:
     def require(self, name: str, destination: str) -> str:
         value = self.get(name)
         if value is None:
-            raise ConfigError(f"{name} is required by the {destination} destination")
+            raise ConfigError(f"{name.upper()} is required by the {destination} destination")
         return value
 
     def get_bool(self, name: str, default: bool = False) -> bool:
         raw = self.get(name)
         return default if raw is None else _parse_bool(name, raw)
 
-    def get_int(self, name: str, default: int, minimum: int = 0) -> int:
+    def get_int(self, name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
         raw = self.get(name)
-        return default if raw is None else _parse_number(name, raw, int, minimum)
+        return default if raw is None else _parse_number(name, raw, int, minimum, maximum)
 
-    def get_float(self, name: str, default: float, minimum: float = 0) -> float:
+    def get_float(self, name: str, default: float, minimum: float = 0, maximum: float | None = None) -> float:
         raw = self.get(name)
-        return default if raw is None else _parse_number(name, raw, float, minimum)
+        return default if raw is None else _parse_number(name, raw, float, minimum, maximum)
+
+    def get_choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
+        """One of `choices` (lower case), or `default` when unset."""
+        raw = self.get(name)
+        return default if raw is None else _parse_choice(name, raw, choices)
 
     @property
     def is_production(self) -> bool:
         """ENVIRONMENT says so, RUNTIME is a cloud runtime, or a platform's marker variable is set."""
-        markers = ("k_service", "aws_lambda_function_name", "website_site_name", "dyno", "render", "function_target")
         return (
-            self.environment in PRODUCTION_WORDS or self.runtime in SERVERLESS_RUNTIMES or any(self.env.get(m) for m in markers)
+            self.environment in PRODUCTION_WORDS
+            or self.runtime in SERVERLESS_RUNTIMES
+            or any(self.env.get(m) for m in PRODUCTION_MARKERS)
         )
 
     @property

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from core.records import Kind
-from core.settings import ConfigError, Settings
+from core.settings import DELIVERY_MODES, ConfigError, Settings
 from destinations.base import Destination, RowSink
 from destinations.deadletter import DeadLetter
 from destinations.delivery import DeliveryConfig, RowDestination
@@ -46,6 +46,9 @@ SINKS: dict[str, tuple[str, str]] = {
     "s3": ("s3", "S3Sink"),
     "gcs": ("gcs", "GCSSink"),
     "azure": ("azure", "AzureSink"),
+    "redshift": ("redshift", "RedshiftSink"),
+    "snowflake": ("snowflake", "SnowflakeSink"),
+    "pubsub": ("pubsub.sink", "PubSubSink"),
     "bigquery": ("bigquery", "BigQuerySink"),
 }
 
@@ -60,7 +63,7 @@ def make_sink(name: str, settings: Settings) -> RowSink:
     try:
         mod = importlib.import_module(f"destinations.{module}")
     except ImportError as exc:
-        raise ConfigError(f"the {name} destination needs its SDK installed: {exc.name}") from None
+        raise ConfigError(f"DESTINATIONS: the {name} destination needs its SDK installed (missing module {exc.name})") from None
     return getattr(mod, cls)(settings)
 
 
@@ -71,13 +74,13 @@ def _sink(name: str) -> Factory:
 def _mixpanel(settings: Settings, ctx: BuildContext) -> Destination:
     from destinations.mixpanel import MixpanelDestination, MixpanelSink
 
-    if settings.get("mixpanel_delivery", "sync").lower() == "batch":
+    if settings.get_choice("mixpanel_delivery", DELIVERY_MODES, "sync") == "batch":
         return ctx.deliver(MixpanelSink(settings, ctx.upstream))
     return MixpanelDestination(settings, ctx.upstream)
 
 
 REGISTRY: dict[str, Factory] = {"mixpanel": _mixpanel, **{name: _sink(name) for name in SINKS}}
-PLANNED = {"snowflake", "redshift", "pubsub"}
+PLANNED: set[str] = set()
 
 
 def _load_custom(spec: str) -> Factory:
@@ -85,7 +88,11 @@ def _load_custom(spec: str) -> Factory:
     try:
         return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"DESTINATIONS: cannot load custom destination {spec!r}: {exc}") from None
+        raise ConfigError(f"DESTINATIONS: cannot load custom destination {spec!r} ({type(exc).__name__}: {exc})") from None
+
+
+def _choices() -> str:
+    return ", ".join(REGISTRY) + " or package.module:factory"
 
 
 def build_dead_letter(settings: Settings) -> DeadLetter:
@@ -113,8 +120,8 @@ def build_destinations(
         elif name in REGISTRY:
             factory = REGISTRY[name]
         elif name in PLANNED:
-            raise ConfigError(f"DESTINATIONS: {name} is not available in this version yet (available: {', '.join(REGISTRY)})")
+            raise ConfigError(f"DESTINATIONS: {name} is not available in this version yet (available: {_choices()})")
         else:
-            raise ConfigError(f"DESTINATIONS: unknown destination {name!r} (choose from {', '.join(REGISTRY)})")
+            raise ConfigError(f"DESTINATIONS: unknown destination {name!r} (choose from {_choices()})")
         built.append(factory(settings, ctx))
     return built

@@ -17,7 +17,7 @@ from azure.core import exceptions as ax
 from azure.storage.blob import BlobServiceClient, ContentSettings
 
 from core.settings import ConfigError, Settings
-from destinations.base import LazyClient, PermanentError, TransientError
+from destinations.base import LazyClient, PermanentError, ServiceErrors, TransientError
 from destinations.lake import LakeConfig, LakeSink, LakeWriter
 
 CLIENT_OPTIONS = {"retry_total": 0, "connection_timeout": 5, "read_timeout": 60}  # the delivery layer owns retries
@@ -48,7 +48,7 @@ class AzureConfig:
             connection_string=settings.get("azure_connection_string"),
         )
         if not config.connection_string and not config.account:
-            raise ConfigError("azure_connection_string or azure_account is required by the azure destination")
+            raise ConfigError("AZURE_CONNECTION_STRING or AZURE_ACCOUNT is required by the azure destination")
         return config
 
 
@@ -87,17 +87,9 @@ class AzureStore:
             yield
         except ax.HttpResponseError as exc:
             # Only the status and error code: the exception text carries the service's whole reply.
-            status = exc.status_code or 0
             code = str(getattr(exc, "error_code", None) or "")
-            if code in TRANSIENT_CODES or status in (408, 429) or status >= 500:
-                raise TransientError(f"{where}: {code or 'error'} (HTTP {status})") from None
-            if status == 403 and "Authentication" not in code:
-                raise PermanentError(f"{PERMISSIONS.get(operation, operation)} denied on container {self.container}") from None
-            if status in (401, 403):
-                raise PermanentError(f"{where}: credentials rejected ({code or status})") from None
-            if status == 404:
-                raise PermanentError(f"azure container {self.container} not found ({operation})") from None
-            raise PermanentError(f"{where}: {code or 'error'} (HTTP {status})") from None
+            errors = ServiceErrors("azure", "container", self.container, PERMISSIONS, transient_codes=frozenset(TRANSIENT_CODES))
+            raise errors.classify(operation, exc.status_code or 0, code) from None
         except (ax.ServiceRequestError, ax.ServiceResponseError, ConnectionError, TimeoutError) as exc:
             raise TransientError(f"{where}: {type(exc).__name__}") from None
         except ValueError as exc:  # a malformed connection string or key

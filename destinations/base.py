@@ -34,6 +34,7 @@ __all__ = [
     "Rejection",
     "RowChunk",
     "RowSink",
+    "ServiceErrors",
     "SinkResult",
     "TransientError",
     "UpstreamReply",
@@ -279,6 +280,41 @@ class RowSink:
 
     def close(self) -> None:
         """Release clients; the delivery layer has already flushed."""
+
+
+@dataclass(frozen=True)
+class ServiceErrors:
+    """The one HTTP classifier for destinations that speak HTTP (s3, gcs, azure...): a status
+    and the service's error code become a Transient- or PermanentError whose message names
+    the resource and, for a 403, the missing permission, and never carries the service's
+    own text (it may echo payloads or keys).
+
+    408, 425, 429, 5xx and `transient_codes` are transient; 401 and `credential_codes` mean
+    the credentials were refused; 404 and `not_found_codes` a missing container; 403 and
+    `denied_codes` a missing permission (`permissions` maps an operation to its name)."""
+
+    service: str  # "s3"
+    kind: str  # "bucket", "container"
+    resource: str  # its name
+    permissions: dict[str, str] = field(default_factory=dict)
+    transient_codes: frozenset[str] = frozenset()
+    not_found_codes: frozenset[str] = frozenset()
+    denied_codes: frozenset[str] = frozenset()
+    credential_codes: frozenset[str] = frozenset()
+
+    def classify(self, operation: str, status: int, code: str = "") -> DestinationError:
+        where = f"{self.service} {operation} on {self.kind} {self.resource}"
+        label = f"{code or 'error'} (HTTP {status})"
+        if code in self.transient_codes or status in (408, 425, 429) or status >= 500:
+            return TransientError(f"{where}: {label}")
+        if code in self.not_found_codes or status == 404:
+            return PermanentError(f"{self.service} {self.kind} {self.resource} not found ({operation})")
+        if code in self.credential_codes or status == 401 or (status == 403 and "Authentication" in code):
+            return PermanentError(f"{where}: credentials rejected ({code or status})")
+        if code in self.denied_codes or status == 403:
+            permission = self.permissions.get(operation, f"{self.service}:{operation}")
+            return PermanentError(f"{permission} denied on {self.kind} {self.resource}")
+        return PermanentError(f"{where}: {label}")
 
 
 T = TypeVar("T")

@@ -1,7 +1,7 @@
 """The dead letter: rows a destination could not take, kept until `replay` re-drives them.
 
 Reads: DEAD_LETTER_DIR (default `./spool`), DEAD_LETTER_MAX_BYTES (default 1 GiB), and
-PUBSUB_BAD_TOPIC, which sends failed batches to Pub/Sub instead (destinations/pubsub.py).
+PUBSUB_BAD_TOPIC, which sends failed batches to Pub/Sub instead (destinations/pubsub/).
 Each failed batch is one NDJSON file `<dir>/<destination>/<stamp>-<host>-<pid>-<rand>.ndjson`
 whose single line holds destination, table, reason, attempts, spooled_at and rows.
 Files are written to a temporary name and renamed, so a reader never sees half a

@@ -27,7 +27,7 @@ from typing import Any
 from core import metrics
 from core.records import Ingest, Kind
 from core.retry import PermanentError, RetriesExhausted, RetryPolicy, short_error
-from core.settings import ConfigError, Settings
+from core.settings import DELIVERY_MODES, Settings
 from destinations.base import Capabilities, Chunk, RowSink, SinkResult, WriteResult
 from destinations.deadletter import DeadLetter, DeadLetterFull
 from destinations.rows import RowBatch, dumps_row, hour_of, to_rows
@@ -59,9 +59,8 @@ class DeliveryConfig:
         caps = capabilities or Capabilities()
         max_records = pick("batch_max_records", settings.get_int, cls.max_records, 1)
         default_mode = "sync" if settings.runtime in FREEZING_RUNTIMES or max_records == 1 else "batch"
-        mode = (settings.get(f"{name}_delivery") or settings.get("delivery") or default_mode).lower()
-        if mode not in {"sync", "batch"}:
-            raise ConfigError(f"DELIVERY={mode!r} must be batch or sync")
+        variable = f"{name}_delivery" if settings.get(f"{name}_delivery") else "delivery"
+        mode = settings.get_choice(variable, DELIVERY_MODES, default_mode)
         attempt_timeout = settings.get_float(f"{name}_attempt_timeout_seconds", caps.attempt_timeout, 0.1)
         retry = RetryPolicy(
             max_attempts=pick("retry_max_attempts", settings.get_int, RetryPolicy.max_attempts, 1),
@@ -84,7 +83,9 @@ class DeliveryConfig:
 @dataclass
 class DestinationState:
     """What /health reports for one destination: ok, retrying, dead_lettering or buffer_full,
-    with the last error, when things last went right and wrong, and counts."""
+    with the last error, when things last went right and wrong, and counts. Per process.
+    A failing state lasts until the next successful write (in batch mode, the next flush):
+    `ok` means the last attempt to deliver succeeded, or nothing has been attempted yet."""
 
     state: str = "ok"
     last_error: str | None = None
@@ -215,14 +216,12 @@ class RowDestination:
         """Write rows back from the dead letter, split to the sink's limits; raise on failure.
         Rows spooled as dicts are encoded again for sinks that take lines."""
         if self.capabilities.takes == "lines":
-            rows = [(hour_of(r), dumps_row(r).encode("utf-8")) for r in rows]
+            rows = [(hour_of(r), dumps_row(r)) for r in rows]
         buffer = self._empty_buffer()
         buffer.add(table, rows, sum(len(dumps_row(r)) for r in rows) if self.capabilities.takes != "lines" else 0, 0)
         written = 0
         for chunk in buffer.tables.get(table, []):
-            result = self.config.retry.run(
-                lambda c=chunk: self._attempt(table, c), attempt_timeout=self.config.attempt_timeout
-            )
+            result = self.config.retry.run(lambda c=chunk: self._attempt(table, c), attempt_timeout=self.config.attempt_timeout)
             if result.rejected:
                 self._spool_rejected(table, chunk, result, 0)
             written += result.written

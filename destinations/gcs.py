@@ -23,7 +23,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from core.settings import Settings
-from destinations.base import LazyClient, PermanentError, TransientError
+from destinations.base import LazyClient, PermanentError, ServiceErrors, TransientError
 from destinations.google import GoogleAuth
 from destinations.lake import LakeConfig, LakeSink, LakeWriter
 
@@ -84,15 +84,7 @@ class GCSStore:
             yield
         except gx.GoogleAPICallError as exc:
             status = exc.code if isinstance(exc.code, int) else 0
-            if status in (408, 429) or status >= 500:
-                raise TransientError(f"{where}: HTTP {status}") from None
-            if status == 403:
-                raise PermanentError(f"{PERMISSIONS.get(operation, operation)} denied on bucket {self.bucket_name}") from None
-            if status == 401:
-                raise PermanentError(f"{where}: credentials rejected (HTTP 401)") from None
-            if status == 404:
-                raise PermanentError(f"gcs bucket {self.bucket_name} not found ({operation})") from None
-            raise PermanentError(f"{where}: HTTP {status}") from None
+            raise ServiceErrors("gcs", "bucket", self.bucket_name, PERMISSIONS).classify(operation, status) from None
         except ax.TransportError as exc:
             raise TransientError(f"{where}: {type(exc).__name__}") from None
         except ax.RefreshError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from core.settings import ConfigError, Settings
@@ -33,6 +34,14 @@ class GoogleAuth:
             raise ConfigError(
                 f"{prefix.upper()}_{email_key.upper()} and {prefix.upper()}_SERVICE_ACCOUNT_PRIVATE_KEY must be set together"
             )
+        keyfile = auth.keyfile or ""
+        if keyfile.lstrip().startswith("{"):
+            try:
+                json.loads(keyfile)
+            except ValueError:  # the value is a secret: never print it
+                raise ConfigError(f"{prefix.upper()}_KEYFILE holds invalid JSON (give a key file's path or its JSON)") from None
+        elif keyfile and not Path(keyfile).is_file():
+            raise ConfigError(f"{prefix.upper()}_KEYFILE={keyfile!r} is not a file (give a key file's path or its JSON)")
         return auth
 
     @property

@@ -15,7 +15,6 @@ flush timer, so a lake gets one object per interval per table and worker.
 
 from __future__ import annotations
 
-import gzip
 import os
 import secrets
 import socket
@@ -26,6 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from core import codec
 from core.green import off_loop
 from core.settings import Settings
 from destinations.base import Capabilities, RowSink, SinkResult
@@ -68,7 +68,7 @@ class LakeConfig:
         return cls(
             prefix=prefix,
             max_object_bytes=settings.get_int("lake_max_object_bytes", DEFAULT_MAX_OBJECT_BYTES, 1024),
-            gzip_level=min(9, settings.get_int("lake_gzip_level", 6, 1)),
+            gzip_level=settings.get_int("lake_gzip_level", 6, 1, 9),
         )
 
 
@@ -109,8 +109,9 @@ def encode_objects(lines: Sequence[Line], max_object_bytes: int, level: int = 6)
 
 
 def _gzip(lines: list[bytes], level: int) -> bytes:
-    # mtime=0 keeps identical input byte-identical; zlib releases the GIL on the pool.
-    return off_loop(gzip.compress, b"\n".join(lines) + b"\n", compresslevel=level, mtime=0)
+    # ISA-L releases the GIL on the pool; its gzip header carries no timestamp, so identical
+    # input stays byte-identical.
+    return off_loop(codec.gzip, b"\n".join(lines) + b"\n", level)
 
 
 class _Stream:
@@ -120,7 +121,7 @@ class _Stream:
 
     def __init__(self, level: int) -> None:
         # wbits 31: a gzip header and trailer, so the sealed bytes are a .gz file as they are.
-        self.compressor = zlib.compressobj(level, zlib.DEFLATED, 31)
+        self.compressor = codec.compressor(level)
         # Grown in place, never joined: sealing adds no second copy of the object to memory
         # (glibc grows a large bytearray with mremap, see proxy/memory.py).
         self.data = bytearray()
@@ -276,7 +277,7 @@ class LakeWriter:
 
     def write(self, table: str, rows: Sequence[Row]) -> list[str]:
         """Write rows as one or more objects; returns the keys written."""
-        return self.write_lines(table, [(hour_of(r), dumps_row(r).encode("utf-8")) for r in rows])
+        return self.write_lines(table, [(hour_of(r), dumps_row(r)) for r in rows])
 
     def write_lines(self, table: str, lines: Sequence[Line] | PackedRows) -> list[str]:
         """Write encoded rows (or a packed chunk) as one or more objects; returns the keys written."""

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
+
 from core.records import Kind, Record
 from destinations.schema import Column, TableSchema
 
@@ -42,15 +44,11 @@ class RowBatch:
 
     _lines: dict[str, list[Line]] = field(default_factory=dict, repr=False, compare=False)
 
-    @property
-    def row_count(self) -> int:
-        return sum(len(r) for r in self.tables.values())
-
     def lines(self, table: str) -> list[Line]:
         """The table's rows as (hour, NDJSON line) pairs, encoded once per request however
         many destinations write them."""
         if table not in self._lines:
-            self._lines[table] = [(hour_of(row), dumps_row(row).encode("utf-8")) for row in self.tables[table]]
+            self._lines[table] = [(hour_of(row), dumps_row(row)) for row in self.tables[table]]
         return self._lines[table]
 
 
@@ -284,10 +282,10 @@ def to_rows(records: Iterable[Record], schemas: dict[Kind, TableSchema]) -> RowB
     return batch
 
 
-def dumps_row(row: Row) -> str:
-    """One NDJSON line. Rows from JSON input serialise directly; anything odd a transform
-    produced is made safe first, so this never raises."""
+def dumps_row(row: Row) -> bytes:
+    """One NDJSON line (UTF-8, no newline). Rows from JSON input serialise directly (orjson);
+    anything odd a transform produced is made safe first, so this never raises."""
     try:
-        return json.dumps(row, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError, RecursionError):
-        return json.dumps(json_safe(row), ensure_ascii=False, separators=(",", ":"))
+        return orjson.dumps(row)
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(json_safe(row), ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")

@@ -19,20 +19,23 @@ from botocore import exceptions as bx
 from botocore.config import Config
 
 from core.settings import Settings
-from destinations.base import LazyClient, PermanentError, TransientError
+from destinations.base import DestinationError, LazyClient, PermanentError, ServiceErrors, TransientError
 from destinations.lake import LakeConfig, LakeSink, LakeWriter, table_prefix
 
-TRANSIENT_CODES = {
-    "SlowDown",
-    "Throttling",
-    "ThrottlingException",
-    "RequestTimeout",
-    "RequestTimeoutException",
-    "InternalError",
-    "ServiceUnavailable",
-    "RequestLimitExceeded",
-    "OperationAborted",
-}
+TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "InternalError",
+        "ServiceUnavailable",
+        "RequestLimitExceeded",
+        "OperationAborted",
+        "TokenRefreshRequired",
+    }
+)
 # The IAM action each call needs, for messages that name the missing permission.
 ACTIONS = {
     "PutObject": "s3:PutObject",
@@ -146,7 +149,7 @@ class S3Store:
             errors = reply.get("Errors") or []
             if errors:
                 code = str(errors[0].get("Code", "Unknown"))
-                raise classify_code(code, 403 if code == "AccessDenied" else 0, "DeleteObjects", self.bucket)
+                raise errors_for(self.bucket).classify("DeleteObjects", 403 if code == "AccessDenied" else 0, code)
 
     def list_keys(self, prefix: str) -> list[str]:
         keys: list[str] = []
@@ -159,23 +162,24 @@ class S3Store:
         self._client.close()
 
 
-def classify(exc: Any, bucket: str) -> TransientError | PermanentError:
+def errors_for(bucket: str) -> ServiceErrors:
+    return ServiceErrors(
+        "s3",
+        "bucket",
+        bucket,
+        ACTIONS,
+        transient_codes=TRANSIENT_CODES,
+        not_found_codes=frozenset({"NoSuchBucket", "404", "NotFound"}),
+        denied_codes=frozenset({"AccessDenied", "403", "AllAccessDisabled", "AccountProblem"}),
+        credential_codes=frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}),
+    )
+
+
+def classify(exc: Any, bucket: str) -> DestinationError:
     """botocore ClientError -> our error, from its code and status only (never the server's text)."""
     error = exc.response.get("Error", {}) if isinstance(getattr(exc, "response", None), dict) else {}
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) if error else 0
-    return classify_code(str(error.get("Code", "Unknown")), int(status or 0), exc.operation_name, bucket)
-
-
-def classify_code(code: str, status: int, operation: str, bucket: str) -> TransientError | PermanentError:
-    if code in TRANSIENT_CODES or status == 429 or status >= 500:
-        return TransientError(f"s3 {operation} on bucket {bucket}: {code} (HTTP {status})")
-    if code in {"NoSuchBucket", "404", "NotFound"}:
-        return PermanentError(f"s3 bucket {bucket} not found ({operation})")
-    if code in {"AccessDenied", "403", "AllAccessDisabled", "AccountProblem"} or status == 403:
-        return PermanentError(f"{ACTIONS.get(operation, 's3:' + operation)} denied on bucket {bucket}")
-    if code in {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "TokenRefreshRequired"}:
-        return PermanentError(f"s3 credentials rejected on bucket {bucket}: {code}")
-    return PermanentError(f"s3 {operation} on bucket {bucket}: {code} (HTTP {status})")
+    return errors_for(bucket).classify(exc.operation_name, int(status or 0), str(error.get("Code", "Unknown")))
 
 
 class S3Sink(LakeSink):

@@ -6,7 +6,9 @@ flask --app app replay    re-drive dead-lettered batches from DEAD_LETTER_DIR
 
 from __future__ import annotations
 
+import io
 import sys
+import time
 
 import click
 from flask import Flask
@@ -15,6 +17,7 @@ from flask.cli import with_appcontext
 from core import metrics
 from core.retry import short_error
 from destinations import build_dead_letter
+from destinations.deadletter import SpooledBatch
 from proxy.runtime import runtime
 
 
@@ -26,18 +29,26 @@ def register(app: Flask) -> None:
 @click.command("setup")
 @with_appcontext
 def setup_command() -> None:
-    """Create every configured destination's containers and tables; never touches existing data."""
+    """Create every configured destination's containers and tables; never touches existing data.
+
+    Prints a line as each destination starts and another when it is done, so a slow
+    warehouse shows where the time goes."""
     from flask import current_app
 
+    destinations = runtime(current_app).destinations
     failures = 0
-    for destination in runtime(current_app).destinations:
+    for number, destination in enumerate(destinations, 1):
+        step = f"setup [{number}/{len(destinations)}] {destination.name}"
+        click.echo(f"{step}: creating what is missing and checking write access ...")
+        started = time.monotonic()
         try:
             destination.setup()
         except Exception as exc:  # noqa: BLE001 - report every destination, then fail
             failures += 1
-            click.echo(f"{destination.name}: FAILED: {exc}", err=True)
+            click.echo(f"{step}: FAILED after {time.monotonic() - started:.1f} s: {short_error(exc)}", err=True)
         else:
-            click.echo(f"{destination.name}: ready")
+            click.echo(f"{step}: ready ({time.monotonic() - started:.1f} s)")
+    click.echo(f"setup: {len(destinations) - failures} of {len(destinations)} destinations ready")
     if failures:
         sys.exit(1)
 
@@ -50,7 +61,8 @@ def replay_command(only: str | None, dry_run: bool) -> None:
     """Re-drive spooled batches to their destinations; each batch is removed once written.
 
     Safe to run again: a batch is deleted only after its destination accepted it, so a
-    re-run re-sends only what is still spooled (warehouses de-duplicate on insert_id)."""
+    re-run re-sends only what is still spooled (warehouses de-duplicate on insert_id).
+    On a terminal it shows a progress bar; otherwise (logs, CI) it prints a line per batch."""
     from flask import current_app
 
     rt = runtime(current_app)
@@ -58,14 +70,22 @@ def replay_command(only: str | None, dry_run: bool) -> None:
     spool = build_dead_letter(rt.settings)
     batches = [b for b in spool.batches(only) if only is None or b.destination == only]
     totals = {"batches": len(batches), "rows": 0, "replayed": 0, "failed": 0, "skipped": 0}
-    with click.progressbar(batches, label="replaying", show_pos=True, file=sys.stderr) as bar:
-        for batch in bar:
+    interactive = click.get_text_stream("stdout").isatty()
+
+    def report(number: int, batch: SpooledBatch, outcome: str) -> None:
+        if not interactive:
+            click.echo(f"replay [{number}/{len(batches)}] {batch.destination}/{batch.table}: {len(batch.rows)} rows {outcome}")
+
+    with click.progressbar(batches, label="replaying", show_pos=True, file=sys.stderr if interactive else io.StringIO()) as bar:
+        for number, batch in enumerate(bar, 1):
             totals["rows"] += len(batch.rows)
             destination = destinations.get(batch.destination)
             if destination is None:
                 totals["skipped"] += len(batch.rows)
+                report(number, batch, "skipped (destination not configured)")
                 continue
             if dry_run:
+                report(number, batch, "would be replayed [dry run]")
                 continue
             try:
                 written, error = destination.redeliver(batch.table, batch.rows), None
@@ -75,9 +95,12 @@ def replay_command(only: str | None, dry_run: bool) -> None:
                 spool.remove(batch)
                 totals["replayed"] += written
                 metrics.REPLAYED.labels(destination.name).inc(written)
+                report(number, batch, "replayed")
             else:
                 totals["failed"] += len(batch.rows)
-                click.echo(f"\n{batch.destination}/{batch.table}: {len(batch.rows)} rows still failing: {error}", err=True)
+                if interactive:
+                    click.echo(f"\n{batch.destination}/{batch.table}: {len(batch.rows)} rows still failing: {error}", err=True)
+                report(number, batch, f"still failing: {error}")
     click.echo(
         f"replay: {totals['batches']} batches, {totals['rows']} rows: {totals['replayed']} replayed, "
         f"{totals['failed']} still failing, {totals['skipped']} skipped (destination not configured)"

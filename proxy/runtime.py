@@ -1,4 +1,10 @@
-"""The per-process state a Flask app carries: settings, destinations, hooks, caches."""
+"""The per-process state a Flask app carries: settings, destinations, hooks, caches.
+
+`build_runtime(settings)` makes all of it and is the whole configuration check: every
+setting any part reads is parsed there (constructors validate and never connect
+anywhere), so gunicorn's master runs it once before any worker starts (see
+gunicorn.conf.py) and `create_app` runs it again for itself.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +17,11 @@ from flask import Flask, current_app
 
 from core.records import Kind, Record
 from core.settings import Settings
+from destinations import build_destinations, upstream_client
 from destinations.base import Destination
 from destinations.mixpanel import MixpanelClient
 from destinations.rows import RowBatch, to_rows
-from destinations.schema import TableSchema
+from destinations.schema import TableSchema, build_schemas
 from proxy.staticlib import LibraryCache
 from proxy.transform import RowTransformer, Transformer
 
@@ -63,6 +70,21 @@ class Runtime:
             except Exception:  # noqa: BLE001 - keep closing the others
                 log.exception("closing %s failed", destination.name)
         self.upstream.close()
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    """Everything a worker serves with, built from `settings` without I/O; raises ConfigError."""
+    schemas = build_schemas(settings)
+    upstream = upstream_client(settings)  # the worker's one pool to Mixpanel, opened on first use
+    return Runtime(
+        settings=settings,
+        destinations=build_destinations(settings, schemas, upstream),
+        schemas=schemas,
+        row_transformer=RowTransformer.from_settings(settings),
+        transformer=Transformer.from_settings(settings),
+        library=LibraryCache(settings.mixpanel_cdn_url, settings.mixpanel_lib_dir, proxies=settings.outbound_proxies),
+        upstream=upstream,
+    )
 
 
 def runtime(app: Flask | None = None) -> Runtime:

@@ -2,6 +2,8 @@
 
 From MIXPANEL_CDN_URL (cached in memory, refreshed hourly, served stale if the CDN
 fails), or from a local folder MIXPANEL_LIB_DIR (e.g. npm mixpanel-browser's `dist/`).
+The CDN is reached through HTTPS_PROXY / HTTP_PROXY as Settings reads them (`.env`
+included), like the calls to Mixpanel.
 """
 
 from __future__ import annotations
@@ -55,8 +57,9 @@ def _cache_control(name: str) -> str:
 
 
 class LibraryCache:
-    def __init__(self, cdn_url: str, lib_dir: str | None, timeout: float = 10.0) -> None:
+    def __init__(self, cdn_url: str, lib_dir: str | None, timeout: float = 10.0, proxies: dict[str, str] | None = None) -> None:
         self.cdn_url = cdn_url
+        self.proxies = proxies or None
         self.lib_dir = Path(lib_dir) if lib_dir else None
         self.timeout = timeout
         self._cache: dict[str, tuple[float, Asset]] = {}
@@ -94,7 +97,7 @@ class LibraryCache:
     def _from_cdn(self, name: str) -> Asset:
         url = self.cdn_url + CDN_NAMES.get(name, name)
         try:
-            response = requests.get(url, timeout=self.timeout)
+            response = requests.get(url, timeout=self.timeout, proxies=self.proxies)
         except requests.RequestException as exc:
             raise Unavailable(f"library CDN unreachable: {type(exc).__name__}") from None
         if response.status_code == 404:

@@ -374,8 +374,8 @@ def test_two_gunicorn_workers_never_overwrite_or_interleave(lakes, names, make_s
 def test_missing_required_variables_name_the_variable(make_settings):
     from destinations import build_destinations
 
-    for lake, variable in (("s3", "s3_bucket"), ("gcs", "gcs_bucket"), ("azure", "azure_container")):
-        with pytest.raises(ConfigError, match=variable):
+    for lake, variable in (("s3", "S3_BUCKET"), ("gcs", "GCS_BUCKET"), ("azure", "AZURE_CONTAINER")):
+        with pytest.raises(ConfigError, match=variable):  # spelt as the README does
             build_destinations(make_settings(destinations=lake, azure_connection_string="UseDevelopmentStorage=true"))
 
 
@@ -401,7 +401,7 @@ def test_unreachable_service_is_transient_and_errors_carry_no_secrets(make_setti
     rows = [{"insert_time": "2026-01-01T00:00:00.000000Z", "payload": "PAYLOADMARKER"}]
     for sink in (S3Sink(settings), GCSSink(settings), AzureSink(settings)):
         with pytest.raises(TransientError) as caught:
-            sink.write("events", [(hour_of(r), dumps_row(r).encode()) for r in rows])
+            sink.write("events", [(hour_of(r), dumps_row(r)) for r in rows])
         message = str(caught.value)
         for forbidden in (secret, "AKIDsecretish", AZURITE_KEY, "PAYLOADMARKER"):
             assert forbidden not in message, message
@@ -420,7 +420,7 @@ def test_missing_bucket_and_missing_permission_are_permanent_and_named(lakes, na
     settings = make_settings(**lake_env(lakes, names))  # buckets not created
     for sink in (S3Sink(settings), GCSSink(settings), AzureSink(settings)):
         with pytest.raises(PermanentError, match="not found"):
-            sink.write("events", [(hour_of(r), dumps_row(r).encode()) for r in rows])
+            sink.write("events", [(hour_of(r), dumps_row(r)) for r in rows])
         sink.close()
 
     # A read/list-only SAS: the write probe must name the missing permission.

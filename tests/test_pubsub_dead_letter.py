@@ -1,61 +1,34 @@
-"""`pubsub_bad_topic`: failed batches go to a Pub/Sub topic, against Google's own emulator."""
+"""`pubsub_bad_topic`: failed batches go to a Pub/Sub topic, against Google's emulator
+where it is installed, else the gRPC stand-in (tests/support/standins/pubsub.py)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import uuid
 from pathlib import Path
 
 import pytest
 
 from destinations.deadletter import DeadLetter
-from tests.support.emulators import PUBSUB_EMULATOR, PUBSUB_PROJECT, pubsub_emulator
 from tests.support.load import run_load
 from tests.support.processes import free_port, gunicorn, wait_until
+from tests.support.standins.pubsub import PubSub
 
-pytestmark = [
-    pytest.mark.emulator,
-    pytest.mark.skipif(not PUBSUB_EMULATOR.exists(), reason="google-cloud-cli-pubsub-emulator is not installed"),
-]
-
-
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    logs = tmp_path_factory.mktemp("pubsub")
-    stand_in = pubsub_emulator(logs)
-    patch = pytest.MonkeyPatch()
-    patch.setenv("PUBSUB_EMULATOR_HOST", stand_in.host)
-    stand_in.server.start()
-    try:
-        wait_until(stand_in.ready, 60, 0.3, what="pubsub emulator")
-        yield stand_in.host
-    finally:
-        stand_in.server.stop()
-        patch.undo()
+pytestmark = pytest.mark.emulator
 
 
 @pytest.fixture
-def topic(emulator: str, request: pytest.FixtureRequest):
+def project() -> str:
+    return "dl-" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def topic(pubsub_standin: PubSub, project: str):
     """A fresh topic with a subscription; returns (topic name, pull function)."""
-    from google.cloud import pubsub_v1
-
-    name = f"bad-{request.node.name[:40].replace('[', '-').replace(']', '')}-{free_port()}"
-    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
-    topic_path = publisher.topic_path(PUBSUB_PROJECT, name)
-    publisher.create_topic(name=topic_path)
-    subscription = subscriber.subscription_path(PUBSUB_PROJECT, name + "-sub")
-    subscriber.create_subscription(name=subscription, topic=topic_path)
-
-    def pull() -> list:
-        messages = []
-        while True:
-            reply = subscriber.pull(subscription=subscription, max_messages=100, timeout=5, return_immediately=True)
-            if not reply.received_messages:
-                return messages
-            messages += [m.message for m in reply.received_messages]
-            subscriber.acknowledge(subscription=subscription, ack_ids=[m.ack_id for m in reply.received_messages])
-
-    return name, pull
+    name = "bad-topic"
+    path = pubsub_standin.create_topic(project, name)
+    subscription = pubsub_standin.subscribe(path, "bad-topic-sub")
+    return name, subscription.pull
 
 
 def events(n: int, prefix: str = "e") -> list[dict]:
@@ -64,7 +37,7 @@ def events(n: int, prefix: str = "e") -> list[dict]:
     ]
 
 
-def faulty_env(tmp_path: Path) -> dict[str, str]:
+def faulty_env(tmp_path: Path, pubsub: PubSub, project: str) -> dict[str, str]:
     control = tmp_path / "faulty.mode"
     control.write_text("down")
     return {
@@ -72,13 +45,16 @@ def faulty_env(tmp_path: Path) -> dict[str, str]:
         "faulty_dir": str(tmp_path / "faulty"),
         "retry_max_attempts": "2",
         "retry_base_seconds": "0.01",
-        "pubsub_project": PUBSUB_PROJECT,
+        "pubsub_project": project,
+        **pubsub.env(),
     }
 
 
-def test_failed_batches_are_published_to_the_bad_topic(make_app, topic, tmp_path):
+def test_failed_batches_are_published_to_the_bad_topic(make_app, topic, tmp_path, pubsub_standin, project):
     name, pull = topic
-    app = make_app(destinations="tests.support.faulty:make", pubsub_bad_topic=name, **faulty_env(tmp_path))
+    app = make_app(
+        destinations="tests.support.faulty:make", pubsub_bad_topic=name, **faulty_env(tmp_path, pubsub_standin, project)
+    )
     assert app.test_client().post("/track", json=events(4)).status_code == 200
     (message,) = pull()
     assert dict(message.attributes) == {
@@ -93,21 +69,21 @@ def test_failed_batches_are_published_to_the_bad_topic(make_app, topic, tmp_path
     assert DeadLetter(str(tmp_path / "spool")).pending_rows() == 0
 
 
-def test_a_topic_that_cannot_be_published_to_falls_back_to_the_spool(make_app, emulator, tmp_path):
-    app = make_app(destinations="tests.support.faulty:make", pubsub_bad_topic="no-such-topic", **faulty_env(tmp_path))
+def test_a_topic_that_cannot_be_published_to_falls_back_to_the_spool(make_app, tmp_path, pubsub_standin, project):
+    env = faulty_env(tmp_path, pubsub_standin, project)
+    app = make_app(destinations="tests.support.faulty:make", pubsub_bad_topic="no-such-topic", **env)
     assert app.test_client().post("/track", json=events(3)).status_code == 200
     (batch,) = list(DeadLetter(str(tmp_path / "spool")).batches())
     assert [r["insert_id"] for r in batch.rows] == ["e0", "e1", "e2"]
 
 
-def test_bad_topic_under_gunicorn_gevent_workers(topic, tmp_path, emulator):
+def test_bad_topic_under_gunicorn_gevent_workers(topic, tmp_path, pubsub_standin, project):
     """grpc inside gevent workers: every batch the destination refused reaches the topic."""
     name, pull = topic
-    env = {k.upper(): v for k, v in faulty_env(tmp_path).items()}
+    env = {k.upper(): v for k, v in faulty_env(tmp_path, pubsub_standin, project).items()}
     env.update(
         DESTINATIONS="tests.support.faulty:make",
         PUBSUB_BAD_TOPIC=name,
-        PUBSUB_EMULATOR_HOST=emulator,
         BATCH_MAX_SECONDS="0.2",
         DATA_DIR=str(tmp_path / "data"),
         DEAD_LETTER_DIR=str(tmp_path / "spool"),

@@ -382,7 +382,7 @@ def test_values_that_are_not_json_never_raise():
         "properties": {"when": datetime(2024, 1, 1, tzinfo=UTC), "raw": b"\xff", "s": {1, 2}, "c": cyclic, "deep": deep},
     }
     batch = rows_for("event", payload)
-    line = dumps_row(batch.tables["events"][0])
+    line = dumps_row(batch.tables["events"][0]).decode()
     assert '"when":"2024-01-01T00:00:00+00:00"' in line
     assert json_safe(math.inf) == "inf"
 

@@ -39,10 +39,8 @@ class BigQueryConfig:
         auth = GoogleAuth.from_settings(settings, "bigquery")
         project = settings.get("bigquery_project") or auth.project()
         if not project:
-            raise ConfigError("bigquery_project is required by the bigquery destination")
-        write = (settings.get("bigquery_write") or "stream").lower()
-        if write not in WRITE_MODES:
-            raise ConfigError(f"BIGQUERY_WRITE={write!r} must be one of {', '.join(WRITE_MODES)}")
+            raise ConfigError("BIGQUERY_PROJECT is required by the bigquery destination")
+        write = settings.get_choice("bigquery_write", WRITE_MODES, "stream")
         per_day = settings.get_int("bigquery_load_jobs_per_day", DEFAULT_LOAD_JOBS_PER_DAY, 1)
         if per_day > LOAD_QUOTA_PER_TABLE:
             raise ConfigError(f"BIGQUERY_LOAD_JOBS_PER_DAY={per_day} is over BigQuery's {LOAD_QUOTA_PER_TABLE} per table")

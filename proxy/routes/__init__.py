@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.routes import drop, engage, groups, health, import_, lib, passthrough, track  # noqa: F401 - registers routes
+from proxy.routes import demo, drop, engage, groups, health, import_, lib, passthrough, track  # noqa: F401 - registers routes
 from proxy.routes.blueprint import bp
 
 __all__ = ["bp"]

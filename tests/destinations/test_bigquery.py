@@ -347,7 +347,7 @@ def test_load_interval_follows_the_daily_budget_and_refuses_per_request_loads():
         BigQueryConfig.from_settings(make(bigquery_write="load", delivery="sync"))
     with pytest.raises(ConfigError, match="BIGQUERY_WRITE"):
         BigQueryConfig.from_settings(make(bigquery_write="storage"))
-    with pytest.raises(ConfigError, match="bigquery_dataset"):
+    with pytest.raises(ConfigError, match="(?i)bigquery_dataset"):
         BigQueryConfig.from_settings(Settings.from_mapping({"bigquery_project": "p"}))
 
 
@@ -422,8 +422,11 @@ def test_storage_write_over_grpc_inside_gunicorn_gevent_workers(run_proxy, bigqu
     env = proxy_env(bigquery_standin, dataset, "storage_write", DELIVERY="batch", BATCH_MAX_SECONDS="0.3", LOG_LEVEL="WARNING")
     proxy = run_proxy(workers=2, **env)
     load = run_load(f"{proxy.url}/track/", 60, 10, threads=4, run="grpc")
-    assert load.statuses == {200: 60}
-    wait_until(lambda: count(bigquery_standin, dataset, "events") >= 600, 60, 0.5, what="600 events over gRPC")
+    assert load.statuses == {200: 60}, (load.statuses, load.errors, proxy.log()[-3000:])
+    try:
+        wait_until(lambda: count(bigquery_standin, dataset, "events") >= 600, 120, 0.5, what="600 events over gRPC")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}; landed {count(bigquery_standin, dataset, 'events')}:\n{proxy.log()[-3000:]}") from None
     assert proxy.stop() == 0, proxy.log()[-2000:]
     landed = bigquery_standin.query(f"SELECT insert_id FROM `{bigquery_standin.project}.{dataset}.events`")
     assert sorted(r["insert_id"] for r in landed) == sorted(load.accepted)

@@ -57,7 +57,7 @@ ADAPTERS = _adapters()
 # -- what we send --------------------------------------------------------------------------
 
 TRICKY: dict[str, Any] = {
-    "quote": 'say "hi", it\'s \'quoted\'',
+    "quote": "say \"hi\", it's 'quoted'",
     "backslash": "C:\\temp\\new \\u0041 \\\\",
     "newlines": "line1\nline2\r\nline3\ttab",
     "unicode": "naïve café – 日本語 – Ελληνικά – עברית",
@@ -352,4 +352,3 @@ def test_every_destination_is_covered() -> None:
 
     covered = {cls.name for cls in ADAPTERS}
     assert set(REGISTRY) <= covered, f"no conformance adapter for {sorted(set(REGISTRY) - covered)}"
-

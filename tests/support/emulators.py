@@ -147,27 +147,3 @@ def start_lakes(logs: Path) -> Lakes:
         lakes.stop()
         raise
     return lakes
-
-
-PUBSUB_EMULATOR = Path("/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator")
-PUBSUB_PROJECT = "test-project"
-
-
-def pubsub_emulator(logs: Path) -> Emulator:
-    """Google's own Pub/Sub emulator (Debian package google-cloud-cli-pubsub-emulator, Java).
-    It is not on the registries; callers skip when PUBSUB_EMULATOR does not exist."""
-    port = free_port()
-    args = [str(PUBSUB_EMULATOR), "--host=127.0.0.1", f"--port={port}"]
-    server = Server(args, log=logs / "pubsub.log")
-    emulator = Emulator("pubsub", server, port, lambda: False)
-
-    def ready() -> bool:
-        from google.cloud import pubsub_v1
-
-        # The client reads PUBSUB_EMULATOR_HOST, which the caller sets to emulator.host.
-        client = pubsub_v1.PublisherClient()
-        list(client.list_topics(request={"project": f"projects/{PUBSUB_PROJECT}"}, timeout=2))
-        return True
-
-    emulator.ready = ready
-    return emulator

@@ -1,9 +1,9 @@
 """Google Pub/Sub as the dead letter: `pubsub_bad_topic`.
 
 Reads: PUBSUB_BAD_TOPIC (a topic name, or a full `projects/<p>/topics/<t>` path),
-PUBSUB_PROJECT (needed for a bare name), PUBSUB_KEYFILE, or PUBSUB_SERVICE_ACCOUNT_EMAIL
-with PUBSUB_SERVICE_ACCOUNT_PRIVATE_KEY; otherwise Application Default Credentials.
-The client honours PUBSUB_EMULATOR_HOST by itself.
+DEAD_LETTER_DIR and DEAD_LETTER_MAX_BYTES (the spool it falls back to), and the
+connection variables in connection.py (PUBSUB_PROJECT or BIGQUERY_PROJECT for a bare
+name, credentials, PUBSUB_EMULATOR_HOST).
 
 Each failed batch is published as one message whose data is the same JSON line the
 spool would hold (destination, table, reason, attempts, spooled_at, rows), with
@@ -15,15 +15,15 @@ instead, so nothing is lost either way.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core import green
 from core.settings import ConfigError, Settings
-from destinations.base import LazyClient, short_error
+from destinations.base import short_error
 from destinations.deadletter import DeadLetter, encode_batch
-from destinations.google import GoogleAuth
+from destinations.pubsub.connection import Publisher as _Publisher
+from destinations.pubsub.connection import PubSubConnection, cut
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 9 * 1024 * 1024  # Pub/Sub's limit is 10 MB per message, attributes included
@@ -33,37 +33,27 @@ PUBLISH_TIMEOUT = 30.0
 @dataclass(frozen=True)
 class PubSubConfig:
     topic: str
-    auth: GoogleAuth = field(default_factory=GoogleAuth)
+    connection: PubSubConnection
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PubSubConfig:
-        topic = settings.require("pubsub_bad_topic", "dead letter")
-        if not topic.startswith("projects/"):
-            project = settings.get("pubsub_project")
-            if not project:
-                raise ConfigError("pubsub_project is required when pubsub_bad_topic is a bare topic name")
-            topic = f"projects/{project}/topics/{topic}"
-        return cls(
-            topic=topic,
-            auth=GoogleAuth.from_settings(settings, "pubsub"),
-        )
+        connection = PubSubConnection.from_settings(settings)
+        topic = connection.topic_path(settings.require("pubsub_bad_topic", "dead letter"), "PUBSUB_BAD_TOPIC")
+        return cls(topic, connection)
 
 
 class Publisher:
-    """One PublisherClient per process, created on first use."""
+    """Publishes one message to the bad topic and waits for Pub/Sub's answer."""
 
     def __init__(self, config: PubSubConfig) -> None:
         self.config = config
-        self._client = LazyClient(self._make_client)
-
-    def _make_client(self) -> Any:
-        green.init_grpc()
-        from google.cloud import pubsub_v1
-
-        return pubsub_v1.PublisherClient(credentials=self.config.auth.credentials())
+        self._publisher = _Publisher(config.connection)
 
     def publish(self, data: bytes, attributes: dict[str, str]) -> None:
-        self._client.get().publish(self.config.topic, data, **attributes).result(timeout=PUBLISH_TIMEOUT)
+        self._publisher.client().publish(self.config.topic, data, **attributes).result(timeout=PUBLISH_TIMEOUT)
+
+    def close(self) -> None:
+        self._publisher.close()
 
 
 class TopicDeadLetter(DeadLetter):
@@ -89,7 +79,7 @@ class TopicDeadLetter(DeadLetter):
             self._publish(destination, table, rows[:half], reason, attempts, encoded)
             self._publish(destination, table, rows[half:], reason, attempts, encoded)
             return
-        attributes = {"destination": destination, "table": table, "reason": reason[:1024], "attempts": str(attempts)}
+        attributes = {"destination": destination, "table": table, "reason": cut(reason, 1024), "attempts": str(attempts)}
         self.publisher.publish(data, attributes)
 
 
@@ -97,7 +87,7 @@ def topic_dead_letter(settings: Settings) -> TopicDeadLetter:
     try:
         import google.cloud.pubsub_v1  # noqa: F401 - fail at start-up, not on the first failed batch
     except ImportError:
-        raise ConfigError("pubsub_bad_topic needs google-cloud-pubsub installed") from None
+        raise ConfigError("PUBSUB_BAD_TOPIC needs google-cloud-pubsub installed") from None
     directory = settings.get("dead_letter_dir", "./spool") or "./spool"
     max_bytes = settings.get_int("dead_letter_max_bytes", 1 << 30, 1024)
     return TopicDeadLetter(directory, max_bytes, Publisher(PubSubConfig.from_settings(settings)))
