@@ -45,7 +45,8 @@ def classify(exc: BaseException, where: str) -> Exception:
             return PermanentError(f"{where}: permission denied (bigquery.dataEditor, and for jobs bigquery.jobUser, are needed)")
         if status == 404:
             return Missing(f"{where}: not found (HTTP 404)")
-        return PermanentError(f"{label}: {' '.join(str(exc.message).split())[:200]}")
+        # The service's own text stays out: it may echo row values.
+        return PermanentError(label)
     if isinstance(exc, ax.RefreshError):
         error = TransientError if getattr(exc, "retryable", False) else PermanentError
         return error(f"{where}: credentials could not be refreshed")

@@ -105,8 +105,9 @@ class LoadWriter:
             named = bad_rows(found, offsets)
             if not named:
                 self._check_table(table, data)
-                reason = reason_of(found[0]) if found else "no reason given"
-                raise PermanentError(f"bigquery load into {table.name} failed: {reason}")
+                # A whole-write error names the reason, not BigQuery's text (it may quote row values).
+                reasons = "/".join(sorted({str(e.get("reason")) for e in found if e.get("reason")})) or "no reason given"
+                raise PermanentError(f"bigquery load into {table.name} failed: {reasons}")
             rejected.update({remaining[i]: reason for i, reason in named.items()})
             remaining = [index for position, index in enumerate(remaining) if position not in named]
             if not remaining:

@@ -199,7 +199,7 @@ class StorageWriter:
         if code == 5:
             raise Missing(f"{where}: table not found")
         if code not in DATA_CODES:
-            raise PermanentError(f"{where}: gRPC status {code}: {message}")
+            raise PermanentError(f"{where}: gRPC status {code}")
         named = {e.index: " ".join(str(e.message).split())[:300] for e in reply.row_errors if 0 <= e.index < len(rows)}
         return message, named
 
