@@ -364,7 +364,12 @@ def test_credentials_keyfile_or_key_pair_else_anonymous_only_with_an_endpoint(tm
     )
     email = "proxy@p.iam.gserviceaccount.com"
     keyfile = tmp_path / "key.json"
-    info = {"type": "service_account", "client_email": email, "private_key": pem, "token_uri": "https://oauth2.googleapis.com/token"}
+    info = {
+        "type": "service_account",
+        "client_email": email,
+        "private_key": pem,
+        "token_uri": "https://oauth2.googleapis.com/token",
+    }
     keyfile.write_text(json.dumps({**info, "project_id": "from-keyfile"}))
     endpoint = "http://127.0.0.1:9"
 

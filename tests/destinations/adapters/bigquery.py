@@ -36,9 +36,7 @@ class BigQueryAdapter(Adapter):
 
     def plant_foreign(self) -> None:
         client = self.standin.client()
-        client.query(
-            f"CREATE TABLE IF NOT EXISTS `{self.standin.project}.{self.dataset}.{FOREIGN_TABLE}` (keep STRING)"
-        ).result()
+        client.query(f"CREATE TABLE IF NOT EXISTS `{self.standin.project}.{self.dataset}.{FOREIGN_TABLE}` (keep STRING)").result()
         client.query(f"INSERT INTO `{self.standin.project}.{self.dataset}.{FOREIGN_TABLE}` (keep) VALUES ('not ours')").result()
 
     def foreign_intact(self) -> bool:
