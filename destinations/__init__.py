@@ -49,6 +49,7 @@ SINKS: dict[str, tuple[str, str]] = {
     "redshift": ("redshift", "RedshiftSink"),
     "snowflake": ("snowflake", "SnowflakeSink"),
     "pubsub": ("pubsub.sink", "PubSubSink"),
+    "bigquery": ("bigquery", "BigQuerySink"),
 }
 
 
@@ -79,7 +80,7 @@ def _mixpanel(settings: Settings, ctx: BuildContext) -> Destination:
 
 
 REGISTRY: dict[str, Factory] = {"mixpanel": _mixpanel, **{name: _sink(name) for name in SINKS}}
-PLANNED = {"bigquery"}
+PLANNED: set[str] = set()
 
 
 def _load_custom(spec: str) -> Factory:

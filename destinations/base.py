@@ -126,6 +126,10 @@ class Capabilities:
                      HTTP call: set what the service needs, not a global default.
     idempotent       True when writing the same rows twice stores them once (by insert_id),
                      so retries and replays cannot duplicate.
+    min_flush_seconds  the least time between two flushes of the buffer (a service that
+                     counts writes against a daily quota, e.g. BigQuery's load jobs); rows
+                     wait that long even when count or bytes are reached, and the buffer
+                     spills to the dead letter only when it is full. Shutdown drains at once.
     """
 
     takes: Takes = "rows"
@@ -133,6 +137,7 @@ class Capabilities:
     max_bytes: int = 8 * 1024 * 1024
     attempt_timeout: float = 30.0
     idempotent: bool = False
+    min_flush_seconds: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,8 @@ class DeliveryConfig:
     retry: RetryPolicy = RetryPolicy()
     # Seconds one attempt may take: the sink's own default unless <NAME>_ATTEMPT_TIMEOUT_SECONDS is set.
     attempt_timeout: float = Capabilities.attempt_timeout
+    # The least time between flushes (the sink's quota), see Capabilities.min_flush_seconds.
+    min_flush_seconds: float = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings, name: str, capabilities: Capabilities | None = None) -> DeliveryConfig:
@@ -59,19 +61,22 @@ class DeliveryConfig:
         default_mode = "sync" if settings.runtime in FREEZING_RUNTIMES or max_records == 1 else "batch"
         variable = f"{name}_delivery" if settings.get(f"{name}_delivery") else "delivery"
         mode = settings.get_choice(variable, DELIVERY_MODES, default_mode)
+        attempt_timeout = settings.get_float(f"{name}_attempt_timeout_seconds", caps.attempt_timeout, 0.1)
         retry = RetryPolicy(
             max_attempts=pick("retry_max_attempts", settings.get_int, RetryPolicy.max_attempts, 1),
-            max_seconds=pick("retry_max_seconds", settings.get_float, RetryPolicy.max_seconds, 0),
+            # By default one attempt may use its whole timeout (a load job runs for minutes).
+            max_seconds=pick("retry_max_seconds", settings.get_float, max(RetryPolicy.max_seconds, attempt_timeout), 0),
             base_seconds=pick("retry_base_seconds", settings.get_float, RetryPolicy.base_seconds, 0),
         )
         return cls(
             mode="sync" if max_records == 1 else mode,
             max_records=max_records,
             max_bytes=pick("batch_max_bytes", settings.get_int, cls.max_bytes, 1),
-            max_seconds=pick("batch_max_seconds", settings.get_float, cls.max_seconds, 0.05),
+            max_seconds=max(pick("batch_max_seconds", settings.get_float, cls.max_seconds, 0.05), caps.min_flush_seconds),
             max_buffer_bytes=pick("max_buffer_bytes", settings.get_int, cls.max_buffer_bytes, 1024),
             retry=retry,
-            attempt_timeout=settings.get_float(f"{name}_attempt_timeout_seconds", caps.attempt_timeout, 0.1),
+            attempt_timeout=attempt_timeout,
+            min_flush_seconds=caps.min_flush_seconds,
         )
 
 
@@ -174,6 +179,7 @@ class RowDestination:
         self._flusher: threading.Thread | None = None
         self._setup_lock = threading.Lock()
         self._setup_done = False
+        self._last_flush = -float("inf")
 
     # -- the Destination contract ------------------------------------------------------
     def write(self, ingest: Ingest) -> WriteResult:
@@ -356,7 +362,7 @@ class RowDestination:
     def _due(self) -> bool:
         with self._lock:
             buffer = self._buffer
-            if buffer.oldest is None:
+            if buffer.oldest is None or self.clock() - self._last_flush < self.config.min_flush_seconds:
                 return False
             return (
                 buffer.rows >= self.config.max_records
@@ -368,6 +374,8 @@ class RowDestination:
         """Write everything buffered now (before `deadline`, else spool it). Returns rows written."""
         with self._lock:
             buffer, self._buffer = self._buffer, self._empty_buffer()
+            if buffer.oldest is not None:
+                self._last_flush = self.clock()
             self._publish_gauges()
         written = 0
         pending = [(table, chunk) for table, chunks in buffer.tables.items() for chunk in chunks]
