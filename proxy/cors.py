@@ -70,6 +70,9 @@ def init_cors(app: Flask, frontend_url: str | None, base_path: str | None = None
     def _vary(response: Response) -> Response:
         if any(path.match(request.path) for path in paths):
             response.vary.add("Origin")
+            if request.method == "OPTIONS" and response.status_code == 200 and "Access-Control-Allow-Origin" in response.headers:
+                response.status_code = 204  # a preflight answer has no body (as before flask-cors)
+                response.set_data(b"")
             origin = request.headers.get("Origin")
             if origin and "Access-Control-Allow-Origin" not in response.headers and origin not in refused:
                 # Once per origin and worker (bounded): an operator sees a misconfigured

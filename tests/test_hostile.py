@@ -107,9 +107,15 @@ def test_lone_surrogates_in_base64_and_ndjson_bodies() -> None:
     from_ndjson = payloads.decode(raw + b"\n" + raw + b"\n", {})
     assert from_form.items == [{"event": "x", "properties": {"v": "\ufffd"}}]
     assert from_ndjson.items == [{"event": "x", "properties": {"v": "\ufffd"}}] * 2
-    # Surrogates encoded as raw bytes are not UTF-8 at all: the request is refused.
+    # Surrogate halves encoded as raw bytes (CESU-8, what the browser SDK's own encoder
+    # writes): a pair is the one character, a lone half becomes U+FFFD like the escape.
+    lone = payloads.decode(b'[{"event":"x","properties":{"v":"\xed\xa0\x80"}}]', {})
+    assert lone.items == [{"event": "x", "properties": {"v": "\ufffd"}}]
+    pair = payloads.decode(b'[{"event":"x","properties":{"v":"\xed\xa0\xbc\xed\xbe\x89"}}]', {})
+    assert pair.items == [{"event": "x", "properties": {"v": "\U0001f389"}}]
+    # Bytes that are not UTF-8 (nor CESU-8) at all: the request is refused.
     with pytest.raises(payloads.PayloadError, match="UTF-8"):
-        payloads.decode(b'[{"event":"x","properties":{"v":"\xed\xa0\x80"}}]', {})
+        payloads.decode(b'[{"event":"x","properties":{"v":"\xff\xfe"}}]', {})
 
 
 # --- 3. malformed chunked bodies ----------------------------------------------------------------
