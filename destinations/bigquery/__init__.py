@@ -4,16 +4,13 @@ Reads: BIGQUERY_PROJECT, BIGQUERY_DATASET (required), BIGQUERY_LOCATION,
 BIGQUERY_KEYFILE (a key file's path or its JSON), or BIGQUERY_SERVICE_ACCOUNT_EMAIL with
 BIGQUERY_SERVICE_ACCOUNT_PRIVATE_KEY; without them Application Default Credentials.
 BIGQUERY_API_ENDPOINT points the REST client at an emulator or a private endpoint
-(anonymous credentials when no credentials are configured), and
-BIGQUERY_STORAGE_API_ENDPOINT the Storage Write API's gRPC client (`http://host:port`
-for plaintext). BIGQUERY_WRITE picks the write mode; for `load` also
+(anonymous credentials when no credentials are configured). BIGQUERY_WRITE picks the write mode; for `load` also
 BIGQUERY_LOAD_JOBS_PER_DAY, BIGQUERY_LOAD_PROCESSES, BIGQUERY_LOAD_INTERVAL_SECONDS.
 Table names and extra columns come from the one schema (destinations/schema.py); the
 DDL is derived from it in `ddl.py`. docs/bigquery.md explains the modes and the default.
 
 * `stream` (default, `stream.py`): insertAll with an insertId per row;
-* `load` (`load.py`): free load jobs, spaced under the 1,500-a-day quota per table;
-* `storage_write` (`storage.py`): the Storage Write API's default stream over gRPC.
+* `load` (`load.py`): free load jobs, spaced under the 1,500-a-day quota per table.
 """
 
 from __future__ import annotations
@@ -22,7 +19,7 @@ from typing import Any
 
 from core.settings import Settings
 from destinations.base import LazyClient, PermanentError, RowSink, SinkResult, TransientError
-from destinations.bigquery import ddl, load, storage, stream
+from destinations.bigquery import ddl, load, stream
 from destinations.bigquery.config import HTTP_TIMEOUT, BigQueryConfig
 from destinations.bigquery.errors import Missing, classify, errors
 from destinations.bigquery.load import bad_rows
@@ -38,13 +35,10 @@ class BigQuerySink(RowSink):
         self.config = BigQueryConfig.from_settings(settings)
         self.tables: dict[str, TableSchema] = {t.name: t for t in build_schemas(settings).values()}
         self._client = LazyClient(self._make_client)
-        self.writer: stream.StreamWriter | load.LoadWriter | storage.StorageWriter
+        self.writer: stream.StreamWriter | load.LoadWriter
         if self.config.write == "load":
             self.capabilities = load.capabilities(self.config)
             self.writer = load.LoadWriter(self.config, self.client)
-        elif self.config.write == "storage_write":
-            self.capabilities = storage.CAPABILITIES
-            self.writer = storage.StorageWriter(self.config)
         else:
             self.capabilities = stream.CAPABILITIES
             self.writer = stream.StreamWriter(self.config, self.client)
@@ -114,8 +108,6 @@ class BigQuerySink(RowSink):
         return info
 
     def close(self) -> None:
-        if isinstance(self.writer, storage.StorageWriter):
-            self.writer.close()
         self._client.close()
 
 

@@ -11,7 +11,7 @@ from core.settings import ConfigError, Settings
 from destinations.google import GoogleAuth
 from destinations.rows import json_safe
 
-WRITE_MODES = ("stream", "load", "storage_write")
+WRITE_MODES = ("stream", "load")
 HTTP_TIMEOUT = (10.0, 60.0)  # connect, read: one API call
 LOAD_QUOTA_PER_TABLE = 1500  # BigQuery's load jobs per table per day, failed ones included
 DEFAULT_LOAD_JOBS_PER_DAY = 1000  # leaves room for the user's own loads and our retries
@@ -26,7 +26,6 @@ class BigQueryConfig:
     location: str | None = None
     api_endpoint: str | None = None
     #: The Storage Write API's gRPC endpoint (`host:port`; `http://host:port` for plaintext).
-    storage_endpoint: str | None = None
     write: str = "stream"
     #: Seconds between two load jobs into one table, per process (load mode).
     load_interval: float = 0.0
@@ -53,7 +52,6 @@ class BigQueryConfig:
             dataset=settings.require("bigquery_dataset", "bigquery"),
             location=settings.get("bigquery_location"),
             api_endpoint=settings.get("bigquery_api_endpoint"),
-            storage_endpoint=settings.get("bigquery_storage_api_endpoint"),
             write=write,
             load_interval=interval,
             load_jobs_per_process=max(1, per_day // processes),

@@ -22,7 +22,6 @@ from destinations.base import PermanentError, TransientError
 from destinations.bigquery import BigQueryConfig, BigQuerySink, bad_rows, classify, row_ids
 from tests.fixtures_core import RunningProxy
 from tests.fixtures_core import run_proxy as run_proxy  # noqa: F401 - the fixture
-from tests.support.load import run_load
 from tests.support.processes import wait_until
 from tests.support.recorder import Exchange, Recorder, lose_reply, still_running
 from tests.support.standins.bigquery import BigQueryStandin
@@ -142,7 +141,7 @@ def test_records_sent_through_the_proxy_are_queryable_with_sql(run_proxy, bigque
 
 def test_each_write_mode_lands_the_same_rows(run_proxy, bigquery_standin):
     landed = {}
-    for write in ("stream", "load", "storage_write"):
+    for write in ("stream", "load"):
         dataset = f"bq_same_{write}_{uuid.uuid4().hex[:6]}"
         proxy = run_proxy(**proxy_env(bigquery_standin, dataset, write))
         post(proxy, "/track", events("same", 12, nested={"a": [1, {"b": None}], "q": 'say "hi"\n'}, big=9007199254740993))
@@ -155,12 +154,12 @@ def test_each_write_mode_lands_the_same_rows(run_proxy, bigquery_standin):
             # insert_time is when the proxy received the rows: the two runs differ there only.
             landed[write][table] = sorted(json.dumps({**r, "insert_time": None}, default=str, sort_keys=True) for r in rows)
     assert [len(landed["stream"][t]) for t in ("events", "users", "groups")] == [12, 3, 2]
-    assert landed["stream"] == landed["load"] == landed["storage_write"]
+    assert landed["stream"] == landed["load"]
     sample = json.loads(landed["load"]["events"][0])["properties"]
     assert sample["big"] == 9007199254740993 and sample["nested"] == {"a": [1, {"b": None}], "q": 'say "hi"\n'}
 
 
-@pytest.mark.parametrize("write", ["stream", "load", "storage_write"])
+@pytest.mark.parametrize("write", ["stream", "load"])
 def test_a_row_with_a_bad_value_is_dead_lettered_and_the_others_land(run_proxy, bigquery_standin, dataset, write):
     """`plan` is INT64 in the user's table but a STRING extra column here: BigQuery refuses
     the one row whose plan is not a number, with its own message, and stores the rest."""
@@ -309,7 +308,7 @@ def test_setup_on_an_existing_dataset_keeps_data_and_adds_new_extra_columns(run_
     assert count(bigquery_standin, dataset, "events", "browser IS NULL") == 10
 
 
-@pytest.mark.parametrize("write", ["stream", "load", "storage_write"])
+@pytest.mark.parametrize("write", ["stream", "load"])
 def test_a_table_dropped_by_hand_is_created_again_and_the_write_retried(bigquery_standin, dataset, write):
     from core.records import Record
     from destinations.rows import to_rows
@@ -420,20 +419,3 @@ def test_profile_rows_get_stable_ids_of_their_own():
 
 # -- the Storage Write API inside gunicorn's gevent workers -------------------------------------------
 
-
-def test_storage_write_over_grpc_inside_gunicorn_gevent_workers(run_proxy, bigquery_standin, dataset):
-    """Two gevent workers, concurrent clients, batched flushes: every accepted event is
-    appended over gRPC exactly once, and nothing is dead-lettered."""
-    env = proxy_env(bigquery_standin, dataset, "storage_write", DELIVERY="batch", BATCH_MAX_SECONDS="0.3", LOG_LEVEL="WARNING")
-    proxy = run_proxy(workers=2, **env)
-    load = run_load(f"{proxy.url}/track/", 60, 10, threads=4, run="grpc")
-    assert load.statuses == {200: 60}, (load.statuses, load.errors, proxy.log()[-3000:])
-    try:
-        wait_until(lambda: count(bigquery_standin, dataset, "events") >= 600, 120, 0.5, what="600 events over gRPC")
-    except TimeoutError as exc:
-        raise AssertionError(f"{exc}; landed {count(bigquery_standin, dataset, 'events')}:\n{proxy.log()[-3000:]}") from None
-    assert proxy.stop() == 0, proxy.log()[-2000:]
-    landed = bigquery_standin.query(f"SELECT insert_id FROM `{bigquery_standin.project}.{dataset}.events`")
-    assert sorted(r["insert_id"] for r in landed) == sorted(load.accepted)
-    assert spooled(proxy) == []
-    assert "Traceback" not in proxy.log()

@@ -1,5 +1,4 @@
-"""`bigquery` against bqemulator, once per write mode: `stream` (insertAll), `load` (load jobs),
-`storage_write` (the Storage Write API over gRPC, inside gunicorn's gevent workers)."""
+"""`bigquery` against bqemulator, once per write mode: `stream` (insertAll) and `load` (load jobs)."""
 
 from __future__ import annotations
 
@@ -63,9 +62,4 @@ class LoadAdapter(BigQueryAdapter):
         return {"bigquery_load_interval_seconds": "1"}
 
 
-class StorageWriteAdapter(BigQueryAdapter):
-    variant = "storage_write"
-    write = "storage_write"
-
-
-ADAPTERS = [StreamAdapter, LoadAdapter, StorageWriteAdapter]
+ADAPTERS = [StreamAdapter, LoadAdapter]

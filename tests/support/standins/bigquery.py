@@ -47,7 +47,6 @@ class BigQueryStandin:
             "bigquery_project": self.project,
             "bigquery_dataset": dataset,
             "bigquery_api_endpoint": endpoint or self.url,
-            "bigquery_storage_api_endpoint": f"http://127.0.0.1:{self.grpc_port}",
         }
 
     def query(self, sql: str) -> list[dict[str, Any]]:
