@@ -14,11 +14,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import boto3
 from botocore import exceptions as bx
-from botocore.config import Config
 
 from core.settings import Settings
+from destinations import aws
 from destinations.base import DestinationError, LazyClient, PermanentError, ServiceErrors, TransientError
 from destinations.lake import LakeConfig, LakeSink, LakeWriter, table_prefix
 
@@ -79,21 +78,15 @@ class S3Store:
 
     def _make_client(self) -> Any:
         c = self.config
-        session = boto3.session.Session(
-            aws_access_key_id=c.access_key_id,
-            aws_secret_access_key=c.secret_access_key,
-            aws_session_token=c.session_token,
-            region_name=c.region,
-        )
-        config = Config(
+        return aws.client(
+            "s3",
+            region=c.region,
+            endpoint_url=c.endpoint_url,
+            access_key_id=c.access_key_id,
+            secret_access_key=c.secret_access_key,
+            session_token=c.session_token,
             s3={"addressing_style": "path"} if c.endpoint_url else {},
-            # One attempt: the delivery layer owns retries and their deadline.
-            retries={"total_max_attempts": 1, "mode": "standard"},
-            connect_timeout=5,
-            read_timeout=30,
-            max_pool_connections=50,
         )
-        return session.client("s3", endpoint_url=c.endpoint_url, config=config)
 
     @contextmanager
     def _errors(self, operation: str) -> Iterator[None]:

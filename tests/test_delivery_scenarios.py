@@ -5,9 +5,7 @@ Each scenario prints what it sent, landed, spooled and replayed (`pytest -s` sho
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import files
 from tests.support.load import browser_batch, run_load
-from tests.support.processes import ROOT, VENV_BIN, free_port, gunicorn, wait_until
+from tests.support.processes import flask_command, free_port, gunicorn, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -107,14 +105,7 @@ def test_outage_loses_nothing(env, tmp_path):
         assert server.stop() == 0, server.log()[-2000:]
 
     assert sorted(insert_ids(files.rows(Path(env["DATA_DIR"]), "events"))) == sorted(load.accepted)
-    replay = subprocess.run(
-        [str(VENV_BIN / "flask"), "--app", "app", "replay"],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    replay = flask_command(env, "replay")
     assert replay.returncode == 0, replay.stdout + replay.stderr
     assert f"{int(spooled)} replayed" in replay.stdout
     landed = insert_ids(files.rows(Path(env["FAULTY_DIR"]), "events"))
@@ -246,14 +237,7 @@ def test_s3_outage_loses_nothing(env, tmp_path):
         assert server.stop() == 0, server.log()[-2000:]
 
     try:
-        replay = subprocess.run(
-            [str(VENV_BIN / "flask"), "--app", "app", "replay"],
-            cwd=ROOT,
-            env={**os.environ, **env},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        replay = flask_command(env, "replay")
         assert replay.returncode == 0, replay.stdout + replay.stderr
         client = s3_client(s3_url)
         landed: list[str] = []

@@ -21,11 +21,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import boto3
 from botocore import exceptions as bx
-from botocore.config import Config
 
 from core import green
+from destinations import aws
 from destinations.base import LazyClient, PermanentError, TransientError
 from destinations.redshift.errors import MissingTable, classify, safe_message
 from destinations.redshift.sql import Statement, data_api_placeholder
@@ -112,20 +111,14 @@ class DataApi:
     # -- plumbing -----------------------------------------------------------------------------
     def _make_client(self) -> Any:
         c = self.config
-        session = boto3.session.Session(
-            aws_access_key_id=c.access_key_id,
-            aws_secret_access_key=c.secret_access_key,
-            aws_session_token=c.session_token,
-            region_name=c.region,
+        return aws.client(
+            "redshift-data",
+            region=c.region,
+            endpoint_url=c.endpoint_url,
+            access_key_id=c.access_key_id,
+            secret_access_key=c.secret_access_key,
+            session_token=c.session_token,
         )
-        config = Config(
-            # One attempt per call: the delivery layer owns retries and their deadline.
-            retries={"total_max_attempts": 1, "mode": "standard"},
-            connect_timeout=5,
-            read_timeout=30,
-            max_pool_connections=50,
-        )
-        return session.client("redshift-data", endpoint_url=c.endpoint_url, config=config)
 
     def target(self) -> dict[str, str]:
         c = self.config

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import subprocess
 import time
 import uuid
@@ -36,7 +35,7 @@ import requests
 
 from tests.destinations.adapters.base import Adapter
 from tests.fixtures_core import start_gunicorn
-from tests.support.processes import ROOT, VENV_BIN, wait_until
+from tests.support.processes import flask_command, wait_until
 
 pytestmark = pytest.mark.emulator
 GRACEFUL_SECONDS = 20
@@ -170,10 +169,7 @@ class Harness:
         return took
 
     def flask(self, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-        full = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-        return subprocess.run(
-            [str(VENV_BIN / "flask"), "--app", "app", *args], cwd=ROOT, env=full, capture_output=True, text=True, timeout=180
-        )
+        return flask_command(env, *args)
 
     def spooled(self) -> list[dict[str, Any]]:
         batches = []

@@ -8,8 +8,6 @@ what was published. `PUBSUB_STANDIN=grpc|emulator` picks the stand-in.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import threading
 import time
 import uuid
@@ -31,7 +29,7 @@ from destinations.pubsub.sink import PubSubSink, attributes
 from destinations.rows import to_rows
 from destinations.schema import build_schemas
 from tests.support.load import run_load
-from tests.support.processes import ROOT, VENV_BIN, free_port, gunicorn, wait_until
+from tests.support.processes import flask_command, free_port, gunicorn, wait_until
 from tests.support.standins.pubsub import PubSub, start
 
 pytestmark = pytest.mark.emulator
@@ -414,14 +412,7 @@ def test_pubsub_down_at_shutdown_rows_are_spooled_then_replayed(pubsub_standin: 
     back = start(pubsub_standin.kind, tmp_path / "back-pubsub", port=int(own.host.rsplit(":", 1)[1]))
     try:
         reader = back.subscribe(back.create_topic(project, "events"), "read-events")
-        replay = subprocess.run(
-            [str(VENV_BIN / "flask"), "--app", "app", "replay"],
-            cwd=ROOT,
-            env={**os.environ, **env},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        replay = flask_command(env, "replay")
         assert replay.returncode == 0, replay.stdout + replay.stderr
         assert f"{len(load.accepted)} replayed" in replay.stdout, replay.stdout
         assert insert_ids(reader.pull()) == Counter(load.accepted)

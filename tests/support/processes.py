@@ -83,3 +83,15 @@ def gunicorn(env: dict[str, str], port: int, workers: int = 2, log: Path | None 
         server.stop()
         raise RuntimeError(f"gunicorn did not start:\n{server.log()[-3000:]}") from None
     return server
+
+
+def flask_command(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """Run `flask --app app <args>` (setup, replay) as an operator would, with `env` on top."""
+    return subprocess.run(
+        [str(VENV_BIN / "flask"), "--app", "app", *args],
+        cwd=ROOT,
+        env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
