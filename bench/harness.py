@@ -355,7 +355,12 @@ class Bench:
         double = f"http://127.0.0.1:{self.nginx.mixpanel_port}"
         server = procs.NodeOriginal(Path(self.args.node_original), self.work / "node-original", double, self.out / f"{tag}.log")
         log(f"{tag}: the Node original, {scenario.connections} connections, {self.args.duration:g}s")
-        server.start()
+        try:
+            server.start()
+        except (TimeoutError, OSError, subprocess.CalledProcessError) as exc:
+            server.stop()
+            log(f"  the Node original does not start: {exc}")
+            return {"tag": tag, "set": "node", "scenario": scenario.name, "unavailable": f"does not start: {exc}"}
         try:
             result = self.measure(server.url, scenario, tag, server.all_pids, strict=False)
         finally:

@@ -13,6 +13,7 @@ import resource
 import shutil
 import signal
 import subprocess
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,14 @@ _started: list[subprocess.Popen] = []
 def http_ok(url: str) -> bool:
     with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - 127.0.0.1 only
         return response.status == 200
+
+
+def http_answers(url: str) -> bool:
+    """Any HTTP answer at all (the Node original answers GET /track with 404)."""
+    try:
+        return http_ok(url)
+    except urllib.error.HTTPError:
+        return True
 
 
 def start(args: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path = ROOT) -> subprocess.Popen:
@@ -258,7 +267,7 @@ class NodeOriginal:
         self.prepare()
         env = {"PORT": str(self.port), "NODE_ENV": "prod", "DESTINATIONS": "mixpanel", "RUNTIME": "LOCAL"}
         self.proc = start(["node", "server.js"], self.log, env=env, cwd=self.work)
-        wait_until(lambda: http_ok(self.url + "/track?verbose=1"), 60, what="the Node original")
+        wait_until(lambda: http_answers(self.url + "/track?verbose=1"), 60, what="the Node original")
         return self
 
     def all_pids(self) -> list[int]:
