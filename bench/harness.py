@@ -551,8 +551,8 @@ class Bench:
             "workers": WORKERS,
             "defaults": {
                 "DESTINATION_TIMEOUT_SECONDS": Settings().destination_timeout_seconds,
-                "RETRY_MAX_ATTEMPTS": defaults.retry_max_attempts,
-                "RETRY_MAX_SECONDS": defaults.retry_max_seconds,
+                "RETRY_MAX_ATTEMPTS": defaults.retry.max_attempts,
+                "RETRY_MAX_SECONDS": defaults.retry.max_seconds,
                 "MAX_BUFFER_BYTES": defaults.max_buffer_bytes,
                 "BATCH_MAX_SECONDS": defaults.max_seconds,
             },
