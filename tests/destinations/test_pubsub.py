@@ -383,7 +383,9 @@ def test_sigterm_under_load_every_acknowledged_row_is_on_the_topic(pubsub_standi
     server.proc.wait(60)
     assert server.proc.returncode == 0, server.log()[-2000:]
     published = insert_ids(reader.pull())
-    assert len(load.accepted) >= 1200, (len(load.accepted), time.monotonic() - started)
+    # The signal comes after 120 answers; on a busy machine some of those may be refusals
+    # (a 503 the SDK would retry), so ask only that the load really ran.
+    assert len(load.accepted) >= 600, (len(load.accepted), load.statuses, time.monotonic() - started)
     assert load.accepted <= set(published), f"{len(load.accepted - set(published))} acknowledged rows are not on the topic"
     assert max(published.values()) == 1
     assert set(published) <= load.accepted | load.refused
