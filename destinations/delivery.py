@@ -20,7 +20,8 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,6 +181,10 @@ class RowDestination:
         self._setup_lock = threading.Lock()
         self._setup_done = False
         self._last_flush = -float("inf")
+        # Who is using the sink right now (flushes, write-throughs, redelivery). close() releases
+        # the sink only once none is: see _sink_in_use().
+        self._users = 0
+        self._closing = False
 
     # -- the Destination contract ------------------------------------------------------
     def write(self, ingest: Ingest) -> WriteResult:
@@ -189,6 +194,31 @@ class RowDestination:
             # Once draining has begun nobody will flush a buffer again: late requests write through.
             return self._write_now(tables, started)
         return self._enqueue(tables, started)
+
+    @contextmanager
+    def _sink_in_use(self) -> Iterator[None]:
+        """Hold the sink open while it is used. A drain runs beside the requests still in flight
+        (proxy/worker.py), and those write through: closing the sink under one of them would fail
+        its write half-way (a stopped Pub/Sub publisher, a closed channel) after the drain was
+        done. So close() only marks the sink for release, and the last user releases it. A write
+        that comes later still opens its client again (sinks open clients lazily) and releases it
+        when it is done."""
+        with self._lock:
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                release = self._closing and self._users == 0
+            if release:
+                self._release_sink()
+
+    def _release_sink(self) -> None:
+        try:
+            self.sink.close()
+        except Exception as exc:  # noqa: BLE001 - releasing clients must not fail a write or a shutdown
+            log.warning("%s: closing the sink failed: %s", self.name, short_error(exc))
 
     def setup(self) -> None:
         """Single-flight per process: concurrent first requests wait for one set-up."""
@@ -220,11 +250,12 @@ class RowDestination:
         buffer = self._empty_buffer()
         buffer.add(table, rows, sum(len(dumps_row(r)) for r in rows) if self.capabilities.takes != "lines" else 0, 0)
         written = 0
-        for chunk in buffer.tables.get(table, []):
-            result = self.config.retry.run(lambda c=chunk: self._attempt(table, c), attempt_timeout=self.config.attempt_timeout)
-            if result.rejected:
-                self._spool_rejected(table, chunk, result, 0)
-            written += result.written
+        with self._sink_in_use():
+            for chunk in buffer.tables.get(table, []):
+                result = self.config.retry.run(lambda c=chunk: self._attempt(table, c), attempt_timeout=self.config.attempt_timeout)
+                if result.rejected:
+                    self._spool_rejected(table, chunk, result, 0)
+                written += result.written
         return written
 
     def close(self, timeout: float | None = None) -> None:
@@ -262,7 +293,11 @@ class RowDestination:
         if lost:
             metrics.DROPPED.labels(self.name, "dead_letter_full").inc(lost)
             log.error("%s: %d rows lost at shutdown: the destination failed and the dead letter is full", self.name, lost)
-        self.sink.close()
+        with self._lock:
+            self._closing = True
+            release = self._users == 0
+        if release:  # else the last write still using the sink releases it
+            self._release_sink()
 
     # -- what a request hands over ------------------------------------------------------
     def _tables(self, ingest: Ingest) -> list[tuple[str, list[Any], int]]:
@@ -291,13 +326,14 @@ class RowDestination:
         buffer = self._empty_buffer()
         for table, items, size in tables:
             buffer.add(table, items, size, 0)
-        for table, chunks in buffer.tables.items():
-            for chunk in chunks:
-                written, error = self._deliver(table, chunk, deadline)
-                inserted += written
-                if error:
-                    failed += len(chunk) - written
-                    errors.append(error)
+        with self._sink_in_use():
+            for table, chunks in buffer.tables.items():
+                for chunk in chunks:
+                    written, error = self._deliver(table, chunk, deadline)
+                    inserted += written
+                    if error:
+                        failed += len(chunk) - written
+                        errors.append(error)
         duration = (time.monotonic() - started) * 1000
         if errors:
             # The rows are safe in the dead letter (or _deliver raised): the SDK need not retry.
@@ -377,8 +413,14 @@ class RowDestination:
             if buffer.oldest is not None:
                 self._last_flush = self.clock()
             self._publish_gauges()
-        written = 0
         pending = [(table, chunk) for table, chunks in buffer.tables.items() for chunk in chunks]
+        if not pending:
+            return 0
+        with self._sink_in_use():
+            return self._flush_chunks(pending, buffer.oldest, deadline)
+
+    def _flush_chunks(self, pending: list[tuple[str, Chunk]], oldest: float | None, deadline: float | None) -> int:
+        written = 0
         for index, (table, chunk) in enumerate(pending):
             with self._lock:
                 self._inflight[id(chunk)] = (table, chunk)
@@ -389,7 +431,7 @@ class RowDestination:
                 # for the next flush. Meanwhile requests spill, cannot spool either and are answered 503,
                 # so the buffer stays bounded. (Pieces of a chunk spooled before the spool filled up are
                 # sent again later: at least once, as everywhere.)
-                self._requeue(pending[index:], buffer.oldest)
+                self._requeue(pending[index:], oldest)
                 raise
             finally:
                 with self._lock:
