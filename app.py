@@ -13,6 +13,7 @@ from core import metrics
 from core.settings import ConfigError, Settings
 from destinations import build_destinations, upstream_client
 from destinations.schema import build_schemas
+from destinations.wal import open_buffer
 from proxy import __version__, cli, replies
 from proxy.cors import init_cors
 from proxy.logs import configure_logging
@@ -33,9 +34,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = None  # we enforce MAX_BODY_BYTES ourselves, after gunzip too
     schemas = build_schemas(settings)
     upstream = upstream_client(settings)  # the worker's one pool to Mixpanel
+    destinations = build_destinations(settings, schemas, upstream)
     rt = Runtime(
         settings=settings,
-        destinations=build_destinations(settings, schemas, upstream),
+        destinations=destinations,
+        buffer=open_buffer(settings, destinations),
         schemas=schemas,
         row_transformer=RowTransformer.from_settings(settings),
         transformer=Transformer.from_settings(settings),
@@ -82,4 +85,5 @@ def _load() -> Flask:
 app = _load()
 
 if __name__ == "__main__":
+    app.extensions["mpproxy"].start()
     app.run(host="127.0.0.1", port=app.extensions["mpproxy"].settings.port)

@@ -13,9 +13,13 @@ import sys
 import tempfile
 
 from core.settings import ConfigError, Settings
+from core.storage import check_writable_dir
 
 try:
     _settings = Settings.from_env()
+    if _settings.buffer == "disk":
+        # A read-only or full BUFFER_DIR is one line here, before any worker starts.
+        check_writable_dir(_settings.buffer_dir, "buffer_dir")
 except ConfigError as exc:
     print(f"configuration error: {exc}", file=sys.stderr)
     raise SystemExit(2) from None
@@ -52,9 +56,20 @@ def child_exit(server, worker) -> None:  # noqa: ANN001
     multiprocess.mark_process_dead(worker.pid)
 
 
-def _drain(worker) -> None:  # noqa: ANN001
+def _runtime(worker):  # noqa: ANN001, ANN202
     app = getattr(worker, "wsgi", None)
-    runtime = getattr(app, "extensions", {}).get("mpproxy") if app is not None else None
+    return getattr(app, "extensions", {}).get("mpproxy") if app is not None else None
+
+
+def post_worker_init(worker) -> None:  # noqa: ANN001
+    """The worker serves: start adopting what stopped workers left in BUFFER_DIR."""
+    runtime = _runtime(worker)
+    if runtime is not None:
+        runtime.start()
+
+
+def _drain(worker) -> None:  # noqa: ANN001
+    runtime = _runtime(worker)
     if runtime is not None:
         runtime.close(timeout=max(1, graceful_timeout - 2))
 

@@ -24,6 +24,9 @@ REGION_HOSTS = {
 }
 SERVERLESS_RUNTIMES = {"AWS", "GCP", "AZURE", "LAMBDA", "FUNCTIONS"}
 PRODUCTION_WORDS = {"prod", "production", "live"}
+# BUFFER and BUFFER_FSYNC defaults for LOCAL and containers: see README "Delivery" for the measurements.
+DEFAULT_BUFFER = "disk"
+DEFAULT_FSYNC = "always"
 
 
 class ConfigError(ValueError):
@@ -47,6 +50,31 @@ def _parse_number(name: str, raw: str, kind: type, minimum: float = 0) -> Any:
     if value < minimum:
         raise ConfigError(f"{name.upper()}={raw!r} must be at least {minimum}")
     return value
+
+
+def parse_fsync(raw: str) -> float | None:
+    """BUFFER_FSYNC: `always` (0), `never` (None) or a group-commit interval in ms (`100`, `100ms`)."""
+    value = raw.strip().lower()
+    if value == "always":
+        return 0.0
+    if value == "never":
+        return None
+    number = _parse_number("buffer_fsync", value.removesuffix("ms").strip(), float, 0) if value else None
+    if number is None:
+        raise ConfigError("BUFFER_FSYNC is empty (use always, never or milliseconds such as 100)")
+    return number
+
+
+def _buffer_settings(get: Any, runtime: str) -> dict[str, Any]:
+    # Serverless runtimes write inside the request (DELIVERY=sync): nothing waits in a buffer.
+    mode = (get("buffer") or ("memory" if runtime in SERVERLESS_RUNTIMES else DEFAULT_BUFFER)).strip().lower()
+    if mode not in {"disk", "memory"}:
+        raise ConfigError(f"BUFFER={mode!r} must be disk or memory")
+    out: dict[str, Any] = {"buffer": mode, "buffer_dir": (get("buffer_dir") or "./buffer").strip()}
+    out["buffer_fsync_ms"] = parse_fsync(get("buffer_fsync") or DEFAULT_FSYNC)
+    if get("buffer_max_bytes"):
+        out["buffer_max_bytes"] = _parse_number("buffer_max_bytes", get("buffer_max_bytes"), int, 64 * 1024)
+    return out
 
 
 def read_environment(environ: Mapping[str, str] | None = None, dotenv_path: str | None = ".env") -> dict[str, str]:
@@ -84,6 +112,12 @@ class Settings:
     max_body_bytes: int = 10 * 1024 * 1024
     trusted_proxy_hops: int = 1
     destination_timeout_seconds: float = 15.0
+    # The write-ahead buffer (destinations/wal): `disk` or `memory`, where, how often to fsync
+    # (None: never; 0: before every reply; else a group commit at most every that many ms).
+    buffer: str = "disk"
+    buffer_dir: str = "./buffer"
+    buffer_fsync_ms: float | None = 0.0
+    buffer_max_bytes: int = 1 << 30
     # Everything else (destination variables, secrets) lives here, lower-cased, out of repr.
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), repr=False, compare=False)
 
@@ -153,6 +187,7 @@ class Settings:
             )
 
         kwargs["data_dir"] = (get("data_dir") or "./data").strip()
+        kwargs.update(_buffer_settings(get, runtime))
         if get("max_body_bytes"):
             kwargs["max_body_bytes"] = _parse_number("max_body_bytes", get("max_body_bytes"), int, 1024)
         if get("trusted_proxy_hops"):

@@ -12,6 +12,13 @@ and jitter; what still fails goes to the dead letter. A buffer that is full (its
 destination is down) spills to the dead letter instead of growing. Nothing is
 dropped silently: if the dead letter cannot take rows either, the write fails and
 the SDK is told to retry (503).
+
+With the write-ahead buffer (BUFFER=disk, destinations/wal) each request's rows are
+already in a segment file when they reach `write`, and `ingest.ticket` says where. The
+buffer remembers, per chunk, which records of which segments it holds; once a chunk is
+written or dead-lettered those rows are acknowledged to the log, which deletes a segment
+when every buffered destination has acknowledged everything in it. `refusal()` is the
+admission check the request path makes before anything is dispatched.
 """
 
 from __future__ import annotations
@@ -106,18 +113,26 @@ class DestinationState:
         return out
 
 
+# Rows of one request in the write-ahead buffer: (ticket, table, first row, row count).
+Origin = tuple[Any, str, int, int]
+
+
 class _Buffer:
     """Rows waiting for one destination: per table, a list of chunks, each delivered by one
-    write and sized to what the sink can take. Not thread-safe: the owner locks."""
+    write and sized to what the sink can take. Not thread-safe: the owner locks.
 
-    def __init__(self, new_chunk: Callable[[], Chunk]) -> None:
+    With `origins`, it records for each chunk which rows of which write-ahead records it
+    took (keyed by the chunk's id; the entry keeps the chunk alive, so ids stay unique)."""
+
+    def __init__(self, new_chunk: Callable[[], Chunk], origins: dict[int, tuple[Chunk, list[Origin]]] | None = None) -> None:
         self.new_chunk = new_chunk
+        self.origins = origins
         self.tables: dict[str, list[Chunk]] = {}
         self.rows = 0
         self.bytes = 0
         self.oldest: float | None = None
 
-    def add(self, table: str, items: list[Any], size: int, now: float) -> None:
+    def add(self, table: str, items: list[Any], size: int, now: float, ticket: Any = None, first: int = 0) -> None:
         """Append `items` (`size` bytes encoded) to the table's open chunk, opening new ones as
         chunks fill. Memory is what each chunk reports: packed chunks count the compressed
         bytes they hold, plain ones the share of `size` they took."""
@@ -134,6 +149,8 @@ class _Buffer:
                 chunks.append(self.new_chunk())
                 continue
             self.bytes += chunk.nbytes - before
+            if ticket is not None and self.origins is not None:
+                self.origins.setdefault(id(chunk), (chunk, []))[1].append((ticket, table, first + start, taken))
             start += taken
         self.rows += len(items)
         if self.oldest is None:
@@ -167,21 +184,67 @@ class RowDestination:
         self._inflight: dict[int, tuple[str, Chunk]] = {}
         self._chunk_rows = min(config.max_records, self.capabilities.max_rows)
         self._chunk_bytes = min(config.max_bytes, self.capabilities.max_bytes)
-        self._buffer = self._empty_buffer()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
         self._setup_lock = threading.Lock()
         self._setup_done = False
+        # The write-ahead log (destinations/wal) when BUFFER=disk, set by attach().
+        self.wal: Any = None
+        self._origins: dict[int, tuple[Chunk, list[Origin]]] = {}
+        self._buffer = self._empty_buffer()
+        # A flush found neither the destination nor the dead letter taking rows.
+        self._stalled = False
 
     # -- the Destination contract ------------------------------------------------------
     def write(self, ingest: Ingest) -> WriteResult:
         started = time.monotonic()
         tables = self._tables(ingest)
+        ticket = ingest.ticket if self.wal is not None else None
         if self.config.mode == "sync" or self._stop.is_set():
             # Once draining has begun nobody will flush a buffer again: late requests write through.
-            return self._write_now(tables, started)
-        return self._enqueue(tables, started)
+            result = self._write_now(tables, started)
+            if ticket is not None:  # written (or spooled) before the reply: nothing to recover
+                self._settle([(ticket, table, 0, len(items)) for table, items, _size in tables])
+            return result
+        return self._enqueue([(table, items, size, ticket, 0) for table, items, size in tables], started)
+
+    def attach(self, wal: Any) -> None:
+        """Buffer rows against the write-ahead log: hold them per record, acknowledge them
+        once delivered (see destinations/wal)."""
+        self.wal = wal
+
+    def recover(self, entries: list[tuple[str, list[Any], int, Any, int]]) -> None:
+        """Buffer rows read back from a segment a stopped process left: (table, items,
+        encoded bytes, ticket, index of the first item within its record). Never spilled:
+        the recovery waits for room before it hands rows over."""
+        self._enqueue(entries, time.monotonic(), spill=False)
+
+    def backlog(self) -> int:
+        """Bytes waiting in this destination's buffer."""
+        with self._lock:
+            return self._buffer.bytes
+
+    def refusal(self, size: int) -> str | None:
+        """Why a request bringing `size` more bytes cannot be accepted now, or None.
+        Rows must be kept somewhere: in the buffer while it has room and the destination
+        works (or, with the write-ahead buffer, on disk anyway); otherwise in the dead letter,
+        which must then have room for them, and, without a disk buffer, for everything the
+        failing destination still holds in memory."""
+        if self.config.mode == "sync" or self._stop.is_set():
+            return None
+        with self._lock:
+            buffered = self._buffer.bytes
+        fits = buffered + size <= self.config.max_buffer_bytes
+        failing = self._stalled or self.state.state in ("retrying", "dead_lettering")
+        if fits and (self.wal is not None or not failing):
+            return None
+        refused = f"{self.name} cannot keep more rows: the destination is failing and the dead letter is full"
+        if self.wal is None and self._stalled:
+            return refused  # a flush already found the dead letter full: memory is all these rows have
+        need = buffered + size if self.wal is None and failing else size
+        room = self.dead_letter.room()
+        return None if room is None or room >= need else refused
 
     def setup(self) -> None:
         """Single-flight per process: concurrent first requests wait for one set-up."""
@@ -200,6 +263,12 @@ class RowDestination:
             depth, size, oldest = self._buffer.rows, self._buffer.bytes, self._buffer.oldest
         now = time.time()
         info = {"mode": self.config.mode, "buffered_rows": depth, "buffered_bytes": size, **self.state.as_dict(now)}
+        refusal = self.refusal(0)
+        info["ready"] = refusal is None
+        if refusal:
+            info["refusing"] = refusal
+        if self._stalled:
+            info["state"] = "stalled"
         if oldest is not None:
             info["oldest_unflushed_seconds"] = round(self.clock() - oldest, 3)
         info.update(self.sink.health())
@@ -214,9 +283,7 @@ class RowDestination:
         buffer.add(table, rows, sum(len(dumps_row(r)) for r in rows) if self.capabilities.takes != "lines" else 0, 0)
         written = 0
         for chunk in buffer.tables.get(table, []):
-            result = self.config.retry.run(
-                lambda c=chunk: self._attempt(table, c), attempt_timeout=self.config.attempt_timeout
-            )
+            result = self.config.retry.run(lambda c=chunk: self._attempt(table, c), attempt_timeout=self.config.attempt_timeout)
             if result.rejected:
                 self._spool_rejected(table, chunk, result, 0)
             written += result.written
@@ -242,22 +309,39 @@ class RowDestination:
                 buffered, self._buffer = self._buffer, self._empty_buffer()
                 stuck += [(table, chunk) for table, chunks in buffered.tables.items() for chunk in chunks]
                 self._publish_gauges()
-        lost = 0
+        left: list[Chunk] = []
         for table, chunk in stuck:
             try:
                 self._spool_chunk(table, chunk, "transient: destination did not answer before shutdown", 0)
             except DeadLetterFull:
-                lost += len(chunk)
+                left.append(chunk)
+            else:
+                self._acknowledge(chunk)
         try:
             self.flush(deadline=started + budget * 0.75)
         except DeadLetterFull:
             with self._lock:  # flush() put back what neither the destination nor the dead letter took
-                lost += self._buffer.rows
+                left += [chunk for chunks in self._buffer.tables.values() for chunk in chunks]
                 self._buffer = self._empty_buffer()
+        self._report_left(left)
+        self.sink.close()
+
+    def _report_left(self, chunks: list[Chunk]) -> None:
+        """Rows neither written nor dead-lettered at shutdown: kept on disk with the write-ahead
+        buffer (the next process delivers them), otherwise lost, and counted."""
+        with self._lock:
+            kept = sum(len(chunk) for chunk in chunks if id(chunk) in self._origins)
+        lost = sum(len(chunk) for chunk in chunks) - kept
+        if kept:
+            log.warning(
+                "%s: %d rows not delivered at shutdown (the destination failed and the dead letter is full) stay in "
+                "the write-ahead buffer for the next start",
+                self.name,
+                kept,
+            )
         if lost:
             metrics.DROPPED.labels(self.name, "dead_letter_full").inc(lost)
             log.error("%s: %d rows lost at shutdown: the destination failed and the dead letter is full", self.name, lost)
-        self.sink.close()
 
     # -- what a request hands over ------------------------------------------------------
     def _tables(self, ingest: Ingest) -> list[tuple[str, list[Any], int]]:
@@ -300,17 +384,21 @@ class RowDestination:
         return WriteResult(self.name, "success", inserted, 0, duration)
 
     # -- batch --------------------------------------------------------------------------
-    def _enqueue(self, tables: list[tuple[str, list[Any], int]], started: float) -> WriteResult:
+    def _enqueue(self, entries: list[tuple[str, list[Any], int, Any, int]], started: float, spill: bool = True) -> WriteResult:
+        """Buffer (table, items, encoded bytes, write-ahead ticket or None, first item's index
+        within its record) entries, spilling to the dead letter what does not fit."""
         self._ensure_flusher()
-        spill: list[tuple[str, list[Any]]] = []
+        spilled: list[tuple[str, list[Any], Any, int]] = []
         queued = 0
         now = self.clock()
         with self._lock:
-            for table, items, size in tables:
-                if self._buffer.bytes + size > self.config.max_buffer_bytes:
-                    spill.append((table, items))
+            for table, items, size, ticket, first in entries:
+                if spill and self._buffer.bytes + size > self.config.max_buffer_bytes:
+                    spilled.append((table, items, ticket, first))
                     continue
-                self._buffer.add(table, items, size, now)
+                self._buffer.add(table, items, size, now, ticket, first)
+                if ticket is not None:
+                    self.wal.hold([(ticket, len(items))])
                 queued += len(items)
             # Flush early when the buffer is half full, so spilling is only for a destination that is down.
             pressure = min(self.config.max_bytes, self.config.max_buffer_bytes // 2)
@@ -318,12 +406,27 @@ class RowDestination:
             self._publish_gauges()
         if full:
             self._wake.set()
-        for table, items in spill:
+        for table, items, ticket, first in spilled:
             # The destination is not keeping up: spill rather than grow (raises DeadLetterFull -> 503).
             self.state.state = "buffer_full"
             self._spool(table, items, "buffer_full", 0)
+            if ticket is not None:
+                self._settle([(ticket, table, first, len(items))])
         duration = (time.monotonic() - started) * 1000
-        return WriteResult(self.name, "queued", queued, 0, duration, "buffer full: spooled" if spill else None)
+        return WriteResult(self.name, "queued", queued, 0, duration, "buffer full: spooled" if spilled else None)
+
+    def _settle(self, pieces: list[Origin]) -> None:
+        """Rows of write-ahead records that were taken at once (written in the request, or spilled)."""
+        self.wal.hold([(ticket, count) for ticket, _table, _first, count in pieces])
+        self.wal.ack(self.name, pieces)
+
+    def _acknowledge(self, chunk: Chunk) -> None:
+        """The chunk is written or dead-lettered: acknowledge its rows to the write-ahead log
+        (once: a drain and a stuck flusher may both finish the same chunk)."""
+        with self._lock:
+            entry = self._origins.pop(id(chunk), None)
+        if entry is not None and self.wal is not None:
+            self.wal.ack(self.name, entry[1])
 
     def _ensure_flusher(self) -> None:
         if self._flusher is None or not self._flusher.is_alive():
@@ -343,6 +446,7 @@ class RowDestination:
                 with self._lock:
                     self._publish_gauges()
             except DeadLetterFull as exc:
+                self._stalled = True
                 log.warning("%s: rows stay buffered: the destination failed and the dead letter is full (%s)", self.name, exc)
                 time.sleep(tick)
             except Exception:  # noqa: BLE001 - the flusher must outlive any one failure
@@ -374,14 +478,16 @@ class RowDestination:
                 count, _error = self._deliver(table, chunk, deadline, key=id(chunk))
             except DeadLetterFull:
                 # Neither the destination nor the dead letter took these rows: keep them, and the rest,
-                # for the next flush. Meanwhile requests spill, cannot spool either and are answered 503,
-                # so the buffer stays bounded. (Pieces of a chunk spooled before the spool filled up are
-                # sent again later: at least once, as everywhere.)
+                # for the next flush. Meanwhile requests are refused (503, see refusal()), so the buffer
+                # stays bounded. (Pieces of a chunk spooled before the spool filled up are sent again
+                # later: at least once, as everywhere.)
+                self._stalled = True
                 self._requeue(pending[index:], buffer.oldest)
                 raise
             finally:
                 with self._lock:
                     self._inflight.pop(id(chunk), None)
+            self._acknowledge(chunk)
             written += count
         return written
 
@@ -399,7 +505,7 @@ class RowDestination:
             self._publish_gauges()
 
     def _empty_buffer(self) -> _Buffer:
-        return _Buffer(lambda: self.sink.new_chunk(self._chunk_rows, self._chunk_bytes))
+        return _Buffer(lambda: self.sink.new_chunk(self._chunk_rows, self._chunk_bytes), self._origins)
 
     # -- one chunk, retried, then dead-lettered -------------------------------------------
     def _attempt(self, table: str, chunk: Chunk) -> SinkResult:
@@ -443,6 +549,7 @@ class RowDestination:
             result, error, attempts = None, f"transient: {short_error(exc.last)}", exc.attempts
         metrics.FLUSH_SECONDS.labels(self.name).observe(time.monotonic() - started)
         if result is not None:
+            self._stalled = False
             metrics.FLUSHES.labels(self.name, "ok").inc()
             metrics.ROWS_OUT.labels(self.name).inc(result.written)
             self.state.written_rows += result.written
@@ -462,6 +569,7 @@ class RowDestination:
             taken_over = key is not None and key not in self._inflight
         if not taken_over:  # else a drain already spooled this chunk while we were stuck
             self._spool_chunk(table, chunk, error, attempts)
+        self._stalled = False
         return 0, error
 
     def _note_error(self, error: str | None) -> None:

@@ -1,4 +1,5 @@
-"""/ping (liveness, with the version), /health (each destination's readiness), /metrics."""
+"""/ping (liveness, with the version), /health (readiness: each destination and the
+write-ahead buffer; 503 when new requests would be refused), /metrics."""
 
 from __future__ import annotations
 
@@ -27,7 +28,18 @@ def health() -> Response:
             checks[destination.name] = {"ready": False, "error": type(exc).__name__}
             healthy = False
     body = {"status": "ok" if healthy else "degraded", "version": __version__, "destinations": checks}
-    return replies.as_json(body, 200 if healthy else 503)
+    if rt.buffer is not None:
+        body["buffer"] = buffer = rt.buffer.health()
+        buffer["ready"] = not buffer["full"]
+    else:
+        body["buffer"] = {"mode": "memory" if rt.settings.buffer == "memory" else "none", "ready": True}
+    # Readiness: a full buffer, or a failing destination whose dead letter is full, means new
+    # requests are answered 503, so a load balancer should send them elsewhere.
+    ready = body["buffer"]["ready"] and all(c.get("ready", True) for c in checks.values())
+    body["ready"] = ready
+    if healthy and not ready:
+        body["status"] = "full"
+    return replies.as_json(body, 200 if healthy and ready else 503)
 
 
 @bp.route("/metrics")
