@@ -34,7 +34,7 @@ from typing import Any
 
 from core import green, metrics
 from core.settings import ConfigError
-from core.storage import check_writable_dir
+from core.storage import MIN_FREE_BYTES, check_writable_dir, free_bytes
 from destinations.wal.segments import ACK_SUFFIX, SUFFIX, BufferFull, Piece, SegmentFile, ack_lines, ack_path
 
 log = logging.getLogger(__name__)
@@ -338,6 +338,10 @@ class WriteAheadLog:
         """Seal an active segment that everything has been delivered from (so it is deleted),
         or that is too old, then refresh the gauges and what other workers hold."""
         others = self._others_bytes()
+        try:
+            free = free_bytes(self.home)
+        except OSError:
+            free = 0
         with self._lock:
             self.others = others
             active = self._active
@@ -350,6 +354,8 @@ class WriteAheadLog:
                 self._seal(active)
             if self._refusing == "buffer_full" and self.bytes + self.others < self.config.max_bytes * 0.9:
                 self._refusing = None
+            elif self._refusing in ("no_space", "write_error") and free >= MIN_FREE_BYTES:
+                self._refusing = None  # the next append will tell whether writes work again
             metrics.DISK_BUFFER_BYTES.set(self.bytes)
             metrics.DISK_BUFFER_SEGMENTS.set(len(self.segments))
             oldest = min((s.created for s in self.segments.values()), default=None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -45,3 +46,18 @@ def dead_owner(buffer_dir: Path, requests: list[list[dict]], cut: int = 0, desti
         data += frame(index, payload)
     (owner / "000001.seg").write_bytes(data[: len(data) - cut] if cut else data)
     return owner
+
+
+def mount_tmpfs(path: Path, size: str, read_only: bool = False) -> bool:
+    """Mount a small tmpfs at `path` (a real full disk); False where mounting is not allowed."""
+    path.mkdir(parents=True, exist_ok=True)
+    options = f"size={size},mode=0755" + (",ro" if read_only else "")
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
+
+
+def unmount(path: Path) -> None:
+    subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=10)
