@@ -137,3 +137,4 @@ def build_schemas(settings: Settings) -> dict[Kind, TableSchema]:
         partition, cluster = LAYOUT[kind]
         schemas[kind] = TableSchema(kind, settings.table_names[kind], base + extras, partition, cluster)
     return schemas
+
