@@ -17,7 +17,7 @@ from core.storage import check_writable_dir
 
 try:
     _settings = Settings.from_env()
-    if _settings.buffer == "disk":
+    if _settings.buffer == "disk" and _settings.buffers_rows:
         # A read-only or full BUFFER_DIR is one line here, before any worker starts.
         check_writable_dir(_settings.buffer_dir, "buffer_dir")
 except ConfigError as exc:

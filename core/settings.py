@@ -219,6 +219,30 @@ class Settings:
         raw = self.get(name)
         return default if raw is None else _parse_number(name, raw, float, minimum)
 
+    def delivery_mode(self, name: str | None) -> str:
+        """`sync` or `batch` for the destination `name` (None: a custom one, global settings only):
+        <NAME>_DELIVERY, else DELIVERY, else `sync` on runtimes that freeze between requests. A
+        batch of one record (BATCH_MAX_RECORDS=1) is `sync` whatever DELIVERY says."""
+        scoped = (lambda key: self.get(f"{name}_{key}") or self.get(key)) if name else self.get
+        raw = scoped("batch_max_records")
+        single = raw is not None and _parse_number("batch_max_records", raw, int, 1) == 1
+        default = "sync" if self.runtime in SERVERLESS_RUNTIMES else "batch"
+        mode = (scoped("delivery") or default).lower()
+        if mode not in {"sync", "batch"}:
+            raise ConfigError(f"DELIVERY={mode!r} must be batch or sync")
+        return "sync" if single else mode
+
+    @property
+    def buffers_rows(self) -> bool:
+        """Whether any configured destination keeps rows after the reply (what BUFFER=disk protects).
+        Mixpanel does only with MIXPANEL_DELIVERY=batch; its default forwarding answers in the request."""
+        for name in self.destinations:
+            if name == "mixpanel" and (self.get("mixpanel_delivery") or "sync").lower() != "batch":
+                continue
+            if self.delivery_mode(None if ":" in name else name) == "batch":
+                return True
+        return False
+
     @property
     def is_production(self) -> bool:
         """ENVIRONMENT says so, RUNTIME is a cloud runtime, or a platform's marker variable is set."""

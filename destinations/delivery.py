@@ -34,14 +34,13 @@ from typing import Any
 from core import metrics
 from core.records import Ingest, Kind
 from core.retry import PermanentError, RetriesExhausted, RetryPolicy, short_error
-from core.settings import ConfigError, Settings
+from core.settings import Settings
 from destinations.base import Capabilities, Chunk, RowSink, SinkResult, WriteResult
 from destinations.deadletter import DeadLetter, DeadLetterFull
 from destinations.rows import RowBatch, dumps_row, hour_of, to_rows
 from destinations.schema import TableSchema
 
 log = logging.getLogger(__name__)
-FREEZING_RUNTIMES = {"AWS", "GCP", "AZURE", "LAMBDA", "FUNCTIONS"}
 
 
 @dataclass(frozen=True)
@@ -63,17 +62,13 @@ class DeliveryConfig:
 
         caps = capabilities or Capabilities()
         max_records = pick("batch_max_records", settings.get_int, cls.max_records, 1)
-        default_mode = "sync" if settings.runtime in FREEZING_RUNTIMES or max_records == 1 else "batch"
-        mode = (settings.get(f"{name}_delivery") or settings.get("delivery") or default_mode).lower()
-        if mode not in {"sync", "batch"}:
-            raise ConfigError(f"DELIVERY={mode!r} must be batch or sync")
         retry = RetryPolicy(
             max_attempts=pick("retry_max_attempts", settings.get_int, RetryPolicy.max_attempts, 1),
             max_seconds=pick("retry_max_seconds", settings.get_float, RetryPolicy.max_seconds, 0),
             base_seconds=pick("retry_base_seconds", settings.get_float, RetryPolicy.base_seconds, 0),
         )
         return cls(
-            mode="sync" if max_records == 1 else mode,
+            mode=settings.delivery_mode(name),
             max_records=max_records,
             max_bytes=pick("batch_max_bytes", settings.get_int, cls.max_bytes, 1),
             max_seconds=pick("batch_max_seconds", settings.get_float, cls.max_seconds, 0.05),

@@ -78,6 +78,8 @@ def handle(endpoint: str) -> Response:
         return _unavailable("dead_letter_full", refusal, decoded.verbose, endpoint)
     ticket = None
     if rt.buffer is not None:
+        if not rt.buffer.started:  # servers without gunicorn's post_worker_init hook
+            rt.start()
         try:
             ticket = rt.buffer.append(endpoint, rows, frozen)
         except BufferFull as exc:

@@ -258,3 +258,17 @@ def test_the_lock_file_is_held_for_the_life_of_the_worker(make_app, tmp_path):
         os.close(fd)
     app.extensions["mpproxy"].close()
     assert not Path(home).exists()  # nothing left to deliver: the directory is removed
+
+
+def test_only_destinations_that_keep_rows_after_the_reply_need_the_disk_buffer(make_app, tmp_path):
+    assert Settings.from_mapping({"destinations": "files"}).buffers_rows
+    assert not Settings.from_mapping({"destinations": "mixpanel"}).buffers_rows
+    assert Settings.from_mapping({"destinations": "mixpanel", "mixpanel_delivery": "batch"}).buffers_rows
+    assert not Settings.from_mapping({"destinations": "files", "delivery": "sync"}).buffers_rows
+    assert not Settings.from_mapping({"destinations": "files", "batch_max_records": "1"}).buffers_rows
+    assert not Settings.from_mapping({"destinations": "files", "runtime": "AWS"}).buffers_rows
+    assert Settings.from_mapping({"destinations": "files", "runtime": "AWS", "files_delivery": "batch"}).buffers_rows
+    # Mixpanel's synchronous forwarding keeps nothing: an unusable BUFFER_DIR does not matter then.
+    (tmp_path / "taken").write_text("")
+    app = make_app(destinations="mixpanel", delivery="batch", buffer_dir=str(tmp_path / "taken"))
+    assert app.extensions["mpproxy"].buffer is None

@@ -59,8 +59,14 @@ class DiskBuffer:
         self.recovery = Recovery(self.wal, {d.name: d for d in destinations})
 
     def start(self) -> None:
-        """Adopt and deliver what stopped processes left, now and every BUFFER_SCAN_SECONDS."""
+        """Adopt and deliver what stopped processes left, now and every BUFFER_SCAN_SECONDS.
+        Idempotent: gunicorn's post_worker_init calls it, and so does the first request (for
+        servers without that hook)."""
         self.recovery.start()
+
+    @property
+    def started(self) -> bool:
+        return self.recovery.started
 
     def append(self, endpoint: str, rows: Any, records: tuple[Record, ...]) -> Ticket | None:
         """Put one request's rows on disk (raises BufferFull). None if it has none to keep."""

@@ -90,7 +90,8 @@ class WriteAheadLog:
         self.root = Path(config.directory)
         check_writable_dir(config.directory, "buffer_dir")
         self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
+        self._appended = threading.Condition(self._lock)  # the syncer waits for appends
+        self._durable = threading.Condition(self._lock)  # requests wait for a sync round
         self.segments: dict[int, Segment] = {}
         self._active: Segment | None = None
         self._seq = 0
@@ -178,7 +179,7 @@ class WriteAheadLog:
             self._refusing = None
             if self.config.fsync_ms is not None:
                 self._dirty.add(segment)
-                self._cond.notify_all()
+                self._appended.notify()
             ticket = Ticket(self, segment, index, self.written)
         if self.config.fsync_ms is not None and (self._syncer is None or not self._syncer.is_alive()):
             self._start_syncer()
@@ -205,7 +206,7 @@ class WriteAheadLog:
             return
         with self._lock:
             while self.synced < ticket.position and not ticket.segment.broken:
-                self._cond.wait(1.0)
+                self._durable.wait(1.0)
             if ticket.segment.broken:
                 raise BufferFull("the write-ahead buffer could not fsync this request's rows", "fsync_error")
 
@@ -222,7 +223,7 @@ class WriteAheadLog:
         while True:
             with self._lock:
                 while self.synced >= self.written and not self._closed:
-                    self._cond.wait(1.0)
+                    self._appended.wait(1.0)
                 if self.synced >= self.written:
                     return
             pause = last + interval - time.monotonic()
@@ -267,7 +268,7 @@ class WriteAheadLog:
                     self._seal(self._active)
                     self._active = None
             self.synced = max(self.synced, target)
-            self._cond.notify_all()
+            self._durable.notify_all()
 
     # -- what destinations hold and acknowledge ----------------------------------------------------
     def hold(self, pieces: list[tuple[Ticket, int]]) -> None:
@@ -404,7 +405,8 @@ class WriteAheadLog:
             if self._active is not None:
                 active, self._active = self._active, None
                 self._seal(active)
-            self._cond.notify_all()
+            self._appended.notify_all()
+            self._durable.notify_all()
         if self._syncer is not None:
             self._syncer.join(10)
         with self._lock:
@@ -415,12 +417,12 @@ class WriteAheadLog:
                 if segment.ack_fd >= 0:
                     os.close(segment.ack_fd)
                     segment.ack_fd = -1
-            left = len(self.segments)
+            left = list(self.home.rglob(f"*{SUFFIX}"))  # ours, and adopted ones not delivered yet
             if left:
                 log.warning(
                     "write-ahead buffer: %d segments (%d bytes) with undelivered rows stay in %s for the next start",
-                    left,
-                    self.bytes,
+                    len(left),
+                    sum(p.stat().st_size for p in left),
                     self.home,
                 )
             else:
@@ -435,13 +437,16 @@ def _fsync_all(fds: list[int]) -> None:
 
 
 def _remove_tree(path: Path) -> None:
-    """Remove an owner directory whose segments are all gone (lock file, empty ack files,
-    empty adopted folders). Anything unexpected is left in place."""
+    """Remove an owner directory whose segments are all gone: lock files, ack files of deleted
+    segments, empty folders. Segments, and anything unexpected, are left in place (and so is
+    the lock of a folder that still holds a segment, so that it can be adopted)."""
     for child in sorted(path.rglob("*"), key=lambda p: len(p.parts), reverse=True):
         try:
             if child.is_dir():
                 child.rmdir()
-            elif child.name == LOCK or child.name.endswith(ACK_SUFFIX):
+            elif child.name.endswith(ACK_SUFFIX) and not child.with_name(child.name[: -len(ACK_SUFFIX)] + SUFFIX).exists():
+                child.unlink()
+            elif child.name == LOCK and not any(child.parent.rglob(f"*{SUFFIX}")):
                 child.unlink()
         except OSError:
             pass

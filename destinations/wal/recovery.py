@@ -42,14 +42,21 @@ class Recovery:
         self._fed: set[Path] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._starting = threading.Lock()
+        self._round = threading.Lock()  # one round at a time (the loop, or a caller such as a test)
         self.recovered_rows = 0
         self.damaged_bytes = 0
 
     # -- the background loop --------------------------------------------------------------------
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="wal-recovery", daemon=True)
-            self._thread.start()
+        with self._starting:
+            if self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(target=self._run, name="wal-recovery", daemon=True)
+                self._thread.start()
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
 
     def stop(self) -> None:
         self._stop.set()
@@ -66,6 +73,10 @@ class Recovery:
 
     def run_once(self) -> int:
         """Claim what dead processes left, feed it to the destinations; returns segments fed."""
+        with self._round:
+            return self._round_once()
+
+    def _round_once(self) -> int:
         self.wal.tick()
         self.claim()
         fed = 0
@@ -97,8 +108,13 @@ class Recovery:
         lock = owner / LOCK
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            # Being removed by its owner or claimed by another worker just now, or what a process that
+            # died while removing its emptied directory left: remove that once it is clearly stale.
+            _remove_if_stale_and_empty(owner)
+            return False
         except OSError:
-            return False  # being removed by its owner, or claimed by another worker just now
+            return False
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -245,6 +261,14 @@ class Recovery:
             if owner.is_dir() and not any(owner.rglob(f"*{SUFFIX}")):
                 self._fed = {p for p in self._fed if owner not in p.parents}
                 _remove_tree(owner)
+
+
+def _remove_if_stale_and_empty(owner: Path) -> None:
+    try:
+        if time.time() - owner.stat().st_mtime > STALE_STAGING_SECONDS and not any(owner.rglob(f"*{SUFFIX}")):
+            _remove_tree(owner)
+    except OSError:
+        pass
 
 
 def _dead_pid(name: str) -> bool:
