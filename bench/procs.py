@@ -276,7 +276,9 @@ def children_cpu_seconds() -> float:
 
 
 def io_write_bytes(pids: list[int]) -> int:
-    """Bytes the given processes caused to be written to storage (/proc/<pid>/io write_bytes)."""
+    """Bytes the given processes caused to be written to storage: /proc/<pid>/io `write_bytes`
+    (counted when a page is dirtied) minus `cancelled_write_bytes` (dirty pages of files deleted
+    or truncated before they were written back, as most write-ahead segments are)."""
     total = 0
     for pid in pids:
         try:
@@ -284,6 +286,8 @@ def io_write_bytes(pids: list[int]) -> int:
                 for line in handle:
                     if line.startswith("write_bytes:"):
                         total += int(line.split()[1])
+                    elif line.startswith("cancelled_write_bytes:"):
+                        total -= int(line.split()[1])
         except OSError:
             continue
     return total

@@ -633,7 +633,8 @@ def render_buffer(buf: dict) -> list[str]:
         "`BUFFER=disk` every reply waits until the request's rows are in a segment file and, unless "
         "`BUFFER_FSYNC=never`, until an fsync covering them has finished. fsync rounds: (group) fsyncs in the measured "
         "window; disk MiB: what the proxy's processes caused to be written to storage in it (`/proc/<pid>/io` "
-        "`write_bytes`: segments and lake objects). Rows landed are counted after the drain (SIGTERM); segments left "
+        "`write_bytes` − `cancelled_write_bytes`: segments and lake objects, less what was deleted before it reached "
+        "the disk). Rows landed are counted after the drain (SIGTERM); segments left "
         f"must be 0. Defaults: `BUFFER={defaults.get('BUFFER')}`, `BUFFER_FSYNC={defaults.get('BUFFER_FSYNC')}`.\n"
     )
     w(

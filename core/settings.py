@@ -26,7 +26,7 @@ SERVERLESS_RUNTIMES = {"AWS", "GCP", "AZURE", "LAMBDA", "FUNCTIONS"}
 PRODUCTION_WORDS = {"prod", "production", "live"}
 # BUFFER and BUFFER_FSYNC defaults for LOCAL and containers: see README "Delivery" for the measurements.
 DEFAULT_BUFFER = "disk"
-DEFAULT_FSYNC = "always"
+DEFAULT_FSYNC = "10"
 
 
 class ConfigError(ValueError):
@@ -116,7 +116,7 @@ class Settings:
     # (None: never; 0: before every reply; else a group commit at most every that many ms).
     buffer: str = "disk"
     buffer_dir: str = "./buffer"
-    buffer_fsync_ms: float | None = 0.0
+    buffer_fsync_ms: float | None = 10.0
     buffer_max_bytes: int = 1 << 30
     # Everything else (destination variables, secrets) lives here, lower-cased, out of repr.
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), repr=False, compare=False)

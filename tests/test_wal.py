@@ -55,6 +55,13 @@ def test_a_damaged_record_in_the_middle_costs_only_itself():
     assert found.damaged_bytes == len(frames[1]) and found.damaged_regions == 1
 
 
+def test_stored_and_compressed_frames_read_back_alike():
+    payloads = [b'{"n":%d,"pad":"%s"}' % (i, b"y" * 300) for i in range(4)]
+    data = b"".join(frame(i, p, compress=i % 2 == 0) for i, p in enumerate(payloads))
+    assert scan(data).records == list(enumerate(payloads))
+    assert len(frame(0, payloads[0])) < len(frame(0, payloads[0], compress=False)) / 3
+
+
 def test_garbage_is_all_damage_and_never_raises():
     found = scan(os.urandom(3000))
     assert found.records == [] and found.damaged_bytes == 3000
@@ -148,10 +155,10 @@ def test_a_segment_truncated_mid_record_delivers_the_intact_ones(make_app, tmp_p
 def test_buffer_max_bytes_refuses_with_503_and_readiness_says_so(make_app, tmp_path):
     app = make_app(delivery="batch", batch_max_seconds="3600", buffer_max_bytes=str(64 * 1024))
     client = app.test_client()
-    statuses = [client.post("/track?verbose=1", json=events(20, f"b{i}-")) for i in range(40)]
+    statuses = [client.post("/track?verbose=1", json=events(100, f"b{i}-")) for i in range(60)]
     accepted = [r for r in statuses if r.status_code == 200]
     refused = [r for r in statuses if r.status_code == 503]
-    assert accepted and refused and len(accepted) + len(refused) == 40
+    assert accepted and refused and len(accepted) + len(refused) == 60
     assert refused[0].headers["Retry-After"] and "full" in refused[0].get_json()["error"]
     health = client.get("/health")
     assert health.status_code == 503 and health.get_json()["buffer"]["full"] is True
@@ -161,7 +168,7 @@ def test_buffer_max_bytes_refuses_with_503_and_readiness_says_so(make_app, tmp_p
     assert client.get("/health").status_code == 200
     assert client.post("/track", json=events(1, "after-")).status_code == 200
     app.extensions["mpproxy"].close()
-    expected = {f"b{i}-{j}" for i, r in enumerate(statuses) if r.status_code == 200 for j in range(20)} | {"after-0"}
+    expected = {f"b{i}-{j}" for i, r in enumerate(statuses) if r.status_code == 200 for j in range(100)} | {"after-0"}
     assert set(insert_ids(files.rows(tmp_path / "data", "events"))) == expected
 
 

@@ -35,7 +35,7 @@ from typing import Any
 from core import green, metrics
 from core.settings import ConfigError
 from core.storage import MIN_FREE_BYTES, check_writable_dir, free_bytes
-from destinations.wal.segments import ACK_SUFFIX, SUFFIX, BufferFull, Piece, SegmentFile, ack_lines, ack_path
+from destinations.wal.segments import ACK_SUFFIX, SUFFIX, BufferFull, Piece, SegmentFile, ack_lines, ack_path, pack
 
 log = logging.getLogger(__name__)
 HOST = "".join(ch if ch.isalnum() else "-" for ch in socket.gethostname())[:40] or "host"
@@ -46,7 +46,7 @@ ADOPTED = "adopted"
 @dataclass(frozen=True)
 class BufferConfig:
     directory: str = "./buffer"
-    fsync_ms: float | None = 0.0  # None: never; 0: always (group commit); else at most one fsync per that many ms
+    fsync_ms: float | None = 10.0  # None: never; 0: always (group commit); else at most one fsync per that many ms
     max_bytes: int = 1 << 30
     segment_bytes: int = 8 << 20
     segment_seconds: float = 60.0
@@ -150,7 +150,8 @@ class WriteAheadLog:
     def append(self, payload: bytes) -> Ticket:
         """Write one request's payload to the active segment; raise BufferFull if it cannot be
         kept. The returned ticket pins the segment until `release()`."""
-        need = len(payload) + 16
+        packed = pack(payload)  # compressed before taking the lock
+        need = packed.frame_size
         with self._lock:
             if self._closed:
                 raise BufferFull("the write-ahead buffer is shutting down", "closing")
@@ -166,7 +167,7 @@ class WriteAheadLog:
                     segment = None
                     segment = self._active = self._open_segment()
                 assert segment.file is not None
-                index, size = segment.file.append(payload)
+                index, size = segment.file.append(packed)
             except OSError as exc:
                 # SegmentFile.append cut the file back: the segment stays usable once writes work again.
                 reason = "no_space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "write_error"
