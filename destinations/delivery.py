@@ -278,7 +278,9 @@ class RowDestination:
         buffer.add(table, rows, sum(len(dumps_row(r)) for r in rows) if self.capabilities.takes != "lines" else 0, 0)
         written = 0
         for chunk in buffer.tables.get(table, []):
-            result = self.config.retry.run(lambda c=chunk: self._attempt(table, c), attempt_timeout=self.config.attempt_timeout)
+            result = self.config.retry.run(
+                lambda c=chunk: self._attempt(table, c), attempt_timeout=self.config.attempt_timeout
+            )
             if result.rejected:
                 self._spool_rejected(table, chunk, result, 0)
             written += result.written
