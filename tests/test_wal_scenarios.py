@@ -284,7 +284,7 @@ def test_size_caps_answer_503_and_lose_nothing_acknowledged(env, tmp_path, mode)
         FAULTY_CONTROL=str(control),
         FAULTY_DIR=str(tmp_path / "faulty"),
         DEAD_LETTER_MAX_BYTES=str(256 * 1024),
-        BUFFER_MAX_BYTES=str(512 * 1024),
+        BUFFER_MAX_BYTES=str(128 * 1024),
         BATCH_MAX_SECONDS="0.5",
         RETRY_MAX_ATTEMPTS="2",
         RETRY_BASE_SECONDS="0.05",
