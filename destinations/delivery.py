@@ -41,6 +41,8 @@ from destinations.rows import RowBatch, dumps_row, hour_of, to_rows
 from destinations.schema import TableSchema
 
 log = logging.getLogger(__name__)
+# /health asks whether a request of about this size would be refused (a 50-event browser batch).
+READINESS_PROBE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -230,6 +232,7 @@ class RowDestination:
             return None
         with self._lock:
             buffered = self._buffer.bytes
+            flushing = sum(chunk.nbytes for _table, chunk in self._inflight.values())
         fits = buffered + size <= self.config.max_buffer_bytes
         failing = self._stalled or self.state.state in ("retrying", "dead_lettering")
         if fits and (self.wal is not None or not failing):
@@ -237,7 +240,7 @@ class RowDestination:
         refused = f"{self.name} cannot keep more rows: the destination is failing and the dead letter is full"
         if self.wal is None and self._stalled:
             return refused  # a flush already found the dead letter full: memory is all these rows have
-        need = buffered + size if self.wal is None and failing else size
+        need = buffered + flushing + size if self.wal is None and failing else size
         room = self.dead_letter.room()
         return None if room is None or room >= need else refused
 
@@ -258,7 +261,7 @@ class RowDestination:
             depth, size, oldest = self._buffer.rows, self._buffer.bytes, self._buffer.oldest
         now = time.time()
         info = {"mode": self.config.mode, "buffered_rows": depth, "buffered_bytes": size, **self.state.as_dict(now)}
-        refusal = self.refusal(0)
+        refusal = self.refusal(READINESS_PROBE_BYTES)  # would a typical request be refused now?
         info["ready"] = refusal is None
         if refusal:
             info["refusing"] = refusal
