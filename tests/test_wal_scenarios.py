@@ -7,6 +7,8 @@ them; KILL_RUNS=3 repeats each kill scenario three times.
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import shutil
 import signal
@@ -74,6 +76,24 @@ def busiest_worker(buffer_dir: Path, pids: list[int]) -> int:
     return max(pids, key=held)
 
 
+def written_as_killed(data_dir: Path, pids: list[int]) -> dict[str, int]:
+    """Objects the killed workers wrote (lake object names carry the writer's pid) whose every
+    row was delivered again after the kill: {object: rows}. At most one write per killed
+    worker: the one a kill can catch between the commit and its acknowledgement."""
+    ids = Counter(insert_ids(files.rows(data_dir, "events")))
+    out: dict[str, int] = {}
+    per_worker: Counter = Counter()
+    for path in files.objects(data_dir, "events"):
+        writer = next((pid for pid in pids if f"-{pid}-" in path.name), None)
+        rows = insert_ids([json.loads(line) for line in gzip.decompress(path.read_bytes()).splitlines()])
+        if writer is None or not rows or not all(ids[i] > 1 for i in rows):
+            continue
+        out[path.name] = len(rows)
+        per_worker[writer] += 1
+    assert all(n <= 1 for n in per_worker.values()), f"more than one write of a killed worker delivered twice: {out}"
+    return out
+
+
 def landed(env: dict[str, str]) -> list[str]:
     return insert_ids(files.rows(Path(env["DATA_DIR"]), "events"))
 
@@ -99,8 +119,10 @@ def report(name: str, load: LoadResult, rows: list[str]) -> dict[str, int]:
 @pytest.mark.parametrize("attempt", RUNS)
 def test_sigkill_of_one_worker_under_load(env, tmp_path, attempt):
     """One of two workers is SIGKILLed mid-load; gunicorn respawns it. Every acknowledged
-    event is delivered exactly once: what the dead worker had flushed is acknowledged in
-    its segments' .ack files, the rest is adopted and delivered."""
+    event is delivered, exactly once: what the dead worker had flushed is acknowledged in
+    its segments' .ack files, the rest is adopted and delivered. The one exception is a kill
+    that lands between a destination committing a write and the worker recording it: that
+    write is delivered again (at least once), and the test checks that this is all."""
     port = free_port()
     server = gunicorn(env, port, workers=2, log=tmp_path / "gunicorn.log")
     killed: list[int] = []
@@ -121,7 +143,13 @@ def test_sigkill_of_one_worker_under_load(env, tmp_path, attempt):
         assert server.stop() == 0, server.log()[-3000:]
     counts = report(f"SIGKILL one worker, run {attempt + 1}", load, landed(env))
     print(f"  recovered from the killed worker's segments: {int(recovered)} rows")
-    assert counts["lost"] == 0 and counts["duplicates"] == 0 and counts["never_sent"] == 0
+    assert counts["lost"] == 0 and counts["never_sent"] == 0
+    in_flight = written_as_killed(Path(env["DATA_DIR"]), killed)
+    if counts["duplicates"]:
+        print(f"  the kill fell between a lake object's commit and its acknowledgement: {in_flight}")
+    # Exactly once, but for the one write a SIGKILL can cut between the destination's commit and
+    # the acknowledgement the proxy records after it (at least once then; insert_id is kept).
+    assert counts["duplicates"] == sum(in_flight.values())
     assert recovered > 0, "the killed worker held nothing undelivered: the scenario proved nothing"
     assert load.statuses.get(200, 0) >= 500
     assert segments(Path(env["BUFFER_DIR"])) == []  # all delivered, all deleted
@@ -135,6 +163,8 @@ def test_sigkill_of_the_whole_process_group_then_restart(env, tmp_path, flush_se
     env["BATCH_MAX_SECONDS"] = flush_seconds
     port = free_port()
     server = gunicorn(env, port, workers=2, log=tmp_path / "gunicorn.log")
+
+    pids = workers(server)
 
     def kill(progress: int) -> None:
         if progress == 300:
@@ -156,6 +186,7 @@ def test_sigkill_of_the_whole_process_group_then_restart(env, tmp_path, flush_se
     counts = report(f"SIGKILL process group (BATCH_MAX_SECONDS={flush_seconds}), run {attempt + 1}", load, landed(env))
     print(f"  waiting in the buffer when killed: {len(load.accepted - before)} acknowledged events")
     assert counts["lost"] == 0 and counts["never_sent"] == 0
+    assert counts["duplicates"] == sum(written_as_killed(Path(env["DATA_DIR"]), pids).values())
     assert segments(Path(env["BUFFER_DIR"])) == []
 
 

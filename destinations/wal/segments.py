@@ -18,9 +18,10 @@ after it, and reports how many bytes it skipped.
 Next to each segment, `<segment>.ack` lists the rows destinations have taken, one line
 per piece: `destination TAB record index TAB table TAB first row TAB row count`. Lines are
 appended with plain writes and no fsync: a killed process leaves them in the page cache,
-so after SIGKILL nothing a destination took is sent again. After a host crash some lines
-may be missing and those rows are sent twice (at least once; destinations that
-de-duplicate by insert_id store them once). A torn last line is ignored the same way.
+so after SIGKILL only a write the kill caught between the destination's commit and this
+line is sent again. After a host crash some lines may be missing and those rows are sent
+twice (at least once; destinations that de-duplicate by insert_id store them once). A
+torn last line is ignored the same way.
 """
 
 from __future__ import annotations
