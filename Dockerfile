@@ -13,7 +13,8 @@ COPY destinations/ destinations/
 # TRANSFORM=examples/strip_pii.py:transform works out of the box.
 COPY examples/ examples/
 # A numeric user, so Kubernetes' runAsNonRoot can verify it without /etc/passwd.
-RUN useradd --uid 10001 --create-home proxy && mkdir -p /app/data /app/spool && chown 10001 /app/data /app/spool
+# data/, spool/ and the write-ahead buffer (BUFFER_DIR): mount volumes here to keep them across containers.
+RUN useradd --uid 10001 --create-home proxy && mkdir -p /app/data /app/spool /app/buffer && chown 10001 /app/data /app/spool /app/buffer
 USER 10001
 # Platforms set PORT (Cloud Run, Render, Heroku); gunicorn.conf.py binds 0.0.0.0:$PORT.
 EXPOSE 8080

@@ -17,6 +17,7 @@ from werkzeug.exceptions import HTTPException
 
 from core import metrics
 from core.settings import ConfigError, Settings, error_line
+from destinations.wal import open_buffer
 from proxy import __version__, cli, replies
 from proxy.cors import init_cors
 from proxy.logs import configure_logging
@@ -32,6 +33,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     configure_logging(settings)
     pin_mmap_threshold()  # flat RSS across lake flushes (see proxy/memory.py)
     rt = build_runtime(settings)  # the whole configuration check; raises ConfigError
+    # The write-ahead buffer claims its directory under BUFFER_DIR: done here, not in the
+    # configuration check (gunicorn's master runs that in a throw-away child).
+    rt.buffer = open_buffer(settings, rt.destinations)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = None  # we enforce MAX_BODY_BYTES ourselves, after gunzip too
     app.extensions["mpproxy"] = rt
@@ -92,4 +96,5 @@ def __getattr__(name: str) -> Flask:
 
 if __name__ == "__main__":
     local = _load()
+    local.extensions["mpproxy"].start()
     local.run(host="127.0.0.1", port=local.extensions["mpproxy"].settings.port)

@@ -26,6 +26,7 @@ import tempfile
 import time
 
 from core.settings import ConfigError, Settings, error_line
+from core.storage import check_writable_dir
 
 # gunicorn's APP_LOAD_ERROR: the same status whether the master or a worker finds the problem.
 CONFIG_ERROR_STATUS = 4
@@ -107,6 +108,9 @@ try:
     accesslog = "-" if _settings.get_bool("access_log") else None
     max_requests = _settings.get_int("max_requests", 0, 0)
     _max_url_bytes = _settings.max_url_bytes
+    if _settings.buffer == "disk" and _settings.buffers_rows:
+        # A read-only or full BUFFER_DIR is one line here, before any worker starts.
+        check_writable_dir(_settings.buffer_dir, "buffer_dir")
 except ConfigError as _exc:
     _stop(error_line(_exc))
 if (_problem := check_configuration(_settings)) is not None:
@@ -144,6 +148,13 @@ def child_exit(server, worker) -> None:  # noqa: ANN001
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def post_worker_init(worker) -> None:  # noqa: ANN001
+    """The worker serves: start adopting what stopped workers left in BUFFER_DIR."""
+    from proxy.worker import start
+
+    start(worker)
 
 
 def worker_int(worker) -> None:  # noqa: ANN001

@@ -64,6 +64,22 @@ ISOLATION: dict[str, dict[str, Any]] = {
         "title": "Mixpanel + faulty `hang`, `DELIVERY=sync`, `DESTINATION_TIMEOUT_SECONDS=1`",
     },
 }
+# --buffer: what the write-ahead buffer costs. Mixpanel + files, browser batches, a fresh proxy per
+# run: BUFFER=memory, then BUFFER=disk with each fsync policy; --buffer-rounds N repeats the
+# sequence, every other round in reverse order, so drift on a shared machine hits every policy alike.
+BUFFER_DESTINATIONS = "mixpanel,files"
+BUFFER_POLICIES = "never,always,10,100"
+
+
+def buffer_runs(policies: str, rounds: int = 1) -> list[tuple[str, dict[str, str]]]:
+    plan = [("memory", {"BUFFER": "memory"})]
+    plan += [(f"disk-{p}", {"BUFFER": "disk", "BUFFER_FSYNC": p}) for p in policies.split(",") if p]
+    runs: list[tuple[str, dict[str, str]]] = []
+    for round_no in range(rounds):
+        runs += plan if round_no % 2 == 0 else plan[::-1]
+    if rounds == 1:
+        runs.append(plan[0])  # memory once more at the end: how much the machine drifted
+    return runs
 
 
 def log(message: str) -> None:
@@ -248,6 +264,7 @@ class Bench:
             "LOG_LEVEL": "WARNING",
             "DATA_DIR": str(data_dir),
             "DEAD_LETTER_DIR": str(spool),
+            "BUFFER_DIR": str(self.work / "buffer" / tag),
         }
         storage: dict[str, Any] = {"data_dir": data_dir, "spool": spool}
         if "s3" in destinations.split(","):
@@ -538,6 +555,66 @@ class Bench:
         )
         return result
 
+    # -- the write-ahead buffer's cost ------------------------------------------------------------
+    def run_buffer(self, key: str, extra: dict[str, str], number: int = 0) -> dict:
+        scenario = SCENARIOS["browser"]
+        tag = f"buffer-{number + 1}-{key}"
+        env, storage = self.proxy_env(BUFFER_DESTINATIONS, tag)
+        buffer_dir = Path(env["BUFFER_DIR"])
+        shutil.rmtree(buffer_dir, ignore_errors=True)
+        env.update(extra)
+        (self.out / f"gunicorn-{tag}.log").unlink(missing_ok=True)
+        server = procs.Gunicorn(env, self.out / f"gunicorn-{tag}.log", WORKERS)
+        log(f"{tag}: DESTINATIONS={BUFFER_DESTINATIONS} {extra}, {scenario.connections} connections, {self.args.duration:g}s")
+        started = time.monotonic()
+        server.start()
+        try:
+            io_before = procs.io_write_bytes(server.all_pids())
+            fsyncs_before = metric(server.url, "mpproxy_disk_buffer_fsync_seconds_count")
+            result = self.measure(server.url, scenario, tag, server.all_pids)
+            result["disk_write_bytes"] = procs.io_write_bytes(server.all_pids()) - io_before
+            result["fsync_rounds"] = metric(server.url, "mpproxy_disk_buffer_fsync_seconds_count") - fsyncs_before
+            result["buffer_peak_bytes"] = metric(server.url, "mpproxy_disk_buffer_bytes")
+            record_server(result, server)
+        finally:
+            rc = server.stop()
+        result["alive_seconds"] = time.monotonic() - started
+        result["set"] = key
+        result["order"] = number + 1
+        result["destinations"] = BUFFER_DESTINATIONS
+        result["buffer_env"] = extra
+        result["exit_code"] = rc
+        self.count_storage(result, storage)
+        result["segments_left"] = len(list(buffer_dir.rglob("*.seg"))) if buffer_dir.exists() else 0
+        shutil.rmtree(storage["data_dir"], ignore_errors=True)
+        shutil.rmtree(buffer_dir, ignore_errors=True)
+        log(
+            f"  {result['events_per_s']:.0f} events/s, p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms,"
+            f" {result.get('cpu_s_per_10k_events', 0):.2f} CPU-s/10k events, {result['fsync_rounds']:.0f} fsync rounds,"
+            f" {result['disk_write_bytes'] / 2**20:.0f} MiB written"
+        )
+        return result
+
+    def run_buffer_suite(self) -> dict:
+        from core.settings import DEFAULT_BUFFER, DEFAULT_FSYNC
+
+        plan = buffer_runs(self.args.buffer_policies, self.args.buffer_rounds)
+        runs = []
+        for number, (key, extra) in enumerate(plan):
+            run = self.clean_run(lambda k=key, e=extra, n=number: self.run_buffer(k, e, n))
+            runs.append(run)
+        return {
+            "scenario": "browser",
+            "destinations": BUFFER_DESTINATIONS,
+            "connections": SCENARIOS["browser"].connections,
+            "duration": self.args.duration,
+            "warmup": self.args.warmup,
+            "workers": WORKERS,
+            "rounds": self.args.buffer_rounds,
+            "defaults": {"BUFFER": DEFAULT_BUFFER, "BUFFER_FSYNC": DEFAULT_FSYNC, "BATCH_MAX_SECONDS": FLUSH_SECONDS},
+            "runs": runs,
+        }
+
     def run_isolation_suite(self) -> dict:
         from core.settings import Settings
 
@@ -661,6 +738,17 @@ class Bench:
             shutil.rmtree(self.work, ignore_errors=True)
 
 
+def metric(url: str, name: str) -> float:
+    """A sample summed over its labels from /metrics (0 when absent)."""
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:  # noqa: S310 - 127.0.0.1 only
+        text = response.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 def record_server(result: dict, server: procs.Gunicorn) -> None:
     """Worker memory (peak and now) and the command line, read while gunicorn still runs."""
     workers = server.worker_pids()
@@ -712,6 +800,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="also measure a destination that never answers (browser, 32 connections): Mixpanel only, + a hanging "
         "destination in batch mode, and in sync mode with DESTINATION_TIMEOUT_SECONDS=1",
     )
+    parser.add_argument(
+        "--buffer",
+        action="store_true",
+        help="also measure the write-ahead buffer: Mixpanel + files, browser batches, BUFFER=memory against "
+        "BUFFER=disk for each --buffer-policies fsync policy, then memory again",
+    )
+    parser.add_argument("--buffer-policies", default=BUFFER_POLICIES, help=f"BUFFER_FSYNC values (default {BUFFER_POLICIES})")
+    parser.add_argument("--buffer-rounds", type=int, default=1, help="repeat the --buffer sequence, alternating its order")
     parser.add_argument("--profile-seconds", type=float, default=20, help="py-spy recording length (0 = no profile)")
     parser.add_argument("--profile-scenarios", default="browser,single", help="scenarios to profile (Mixpanel + files)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma list of " + ", ".join(SCENARIOS))
@@ -789,6 +885,8 @@ def main(argv: list[str] | None = None) -> int:
                         results["runs"].append(bench.clean_run(lambda k=set_key, s=scenario: bench.run_proxy(k, s)))
         if args.isolation:
             results["isolation"] = bench.run_isolation_suite() | stamp
+        if args.buffer:
+            results["buffer"] = bench.run_buffer_suite() | stamp
         if args.profile_seconds > 0:
             results.pop("profile", None)
             run_stamp = {"run_command": stamp["command"], "date": stamp["date"]}

@@ -329,6 +329,24 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def io_write_bytes(pids: list[int]) -> int:
+    """Bytes the given processes caused to be written to storage: /proc/<pid>/io `write_bytes`
+    (counted when a page is dirtied) minus `cancelled_write_bytes` (dirty pages of files deleted
+    or truncated before they were written back, as most write-ahead segments are)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/io") as handle:
+                for line in handle:
+                    if line.startswith("write_bytes:"):
+                        total += int(line.split()[1])
+                    elif line.startswith("cancelled_write_bytes:"):
+                        total -= int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
 def status_kb(pid: int, key: str) -> int | None:
     try:
         with open(f"/proc/{pid}/status") as handle:

@@ -76,6 +76,9 @@ def render(results: dict[str, Any]) -> str:
     isolation = results.get("isolation") or {}
     if isolation.get("command") and isolation["command"] != results.get("command"):
         w(f"- **Isolation run separately:** `{isolation['command']}` ({isolation.get('date')})")
+    buffer = results.get("buffer") or {}
+    if buffer.get("command") and buffer["command"] != results.get("command"):
+        w(f"- **Write-ahead buffer run separately:** `{buffer['command']}` ({buffer.get('date')})")
     w(
         f"- **Machine:** {machine.get('nproc')} CPUs ({machine.get('cpu')}), {machine.get('memory')} RAM, "
         f"{machine.get('os')}, Linux {machine.get('kernel')}"
@@ -216,6 +219,8 @@ def render(results: dict[str, Any]) -> str:
 
     if isolation.get("runs"):
         out.extend(render_isolation(isolation, runs))
+    if (results.get("buffer") or {}).get("runs"):
+        out.extend(render_buffer(results["buffer"]))
 
     out.extend(round_two(runs, ceiling, isolation))
     w("## Targets (round one)\n")
@@ -248,6 +253,8 @@ def render(results: dict[str, Any]) -> str:
     else:
         w("| RSS growth minute 1 → minute 5 < 10% (soak) | soak not run (`--soak 300`) | – |")
     for row in isolation_targets(isolation):
+        w(row)
+    for row in buffer_targets(buffer):
         w(row)
     lake_runs = [(r, s, n) for r in stored for s, n in r["objects"].items()]
     if lake_runs:
@@ -639,3 +646,105 @@ def round_two(runs: list[dict], ceiling: dict[str, dict], isolation: dict) -> li
         out.append("| Mixpanel + files ÷ the Node original | ≥ 5× | not measured (`--node-original DIR`) | – |")
     out.append("")
     return out
+
+
+# --- the write-ahead buffer's cost ------------------------------------------------------------------
+
+
+def _policy(run: dict) -> str:
+    env = run.get("buffer_env") or {}
+    if env.get("BUFFER") != "disk":
+        return "`BUFFER=memory`"
+    return f"`BUFFER=disk`, `BUFFER_FSYNC={env.get('BUFFER_FSYNC', 'default')}`"
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _by_policy(buf: dict) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = {}
+    for run in buf["runs"]:
+        groups.setdefault(_policy(run), []).append(run)
+    return groups
+
+
+def buffer_baseline(buf: dict, field: str = "events_per_s") -> float | None:
+    """The BUFFER=memory mean (every memory run of the sequence)."""
+    return _mean([r[field] for r in _by_policy(buf).get("`BUFFER=memory`", [])])
+
+
+def render_buffer(buf: dict) -> list[str]:
+    out: list[str] = []
+    w = out.append
+    base, p99_base = buffer_baseline(buf), buffer_baseline(buf, "p99_ms")
+    defaults = buf.get("defaults") or {}
+    w("## Write-ahead buffer: what `BUFFER=disk` costs\n")
+    w(
+        f"`{buf.get('command')}` ({buf.get('date')}). Browser batches (50 events/request), {buf['connections']} "
+        f"connections, {buf['warmup']:g} s warm-up then {buf['duration']:g} s measured, `DESTINATIONS="
+        f"{buf['destinations']}`, a fresh gunicorn (`-w {buf['workers']}`, gevent) per run. The runs go in the order "
+        f"listed ({buf.get('rounds', 1)} round(s); every other round reversed, or with one round `BUFFER=memory` once "
+        "more at the end), so drift of this shared machine shows as the spread of the memory runs. With "
+        "`BUFFER=disk` every reply waits until the request's rows are in a segment file and, unless "
+        "`BUFFER_FSYNC=never`, until an fsync covering them has finished. fsync rounds: (group) fsyncs in the measured "
+        "window; disk MiB: what the proxy's processes caused to be written to storage in it (`/proc/<pid>/io` "
+        "`write_bytes` − `cancelled_write_bytes`: segments and lake objects, less what was deleted before it reached "
+        "the disk). Rows landed are counted after the drain (SIGTERM); segments left "
+        f"must be 0. Defaults: `BUFFER={defaults.get('BUFFER')}`, `BUFFER_FSYNC={defaults.get('BUFFER_FSYNC')}`.\n"
+    )
+    w(
+        "| # | run | events/s | ÷ memory | p50 ms | p99 ms | p99 ÷ memory | CPU-s / 10k events | fsync rounds/s "
+        "| disk MiB/s | rows landed ≥ acked | segments left | other jobs CPU-s | errors |"
+    )
+    w("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|")
+    for r in buf["runs"]:
+        seconds = r["wrk"]["seconds"]
+        rows = (r.get("rows") or {}).get("files")
+        ok = rows is not None and rows >= r["events_sent"]
+        w(
+            f"| {r.get('order', '')} | {_policy(r)}{' ⚠' if r.get('contaminated') else ''} | {_num(r['events_per_s'])} "
+            f"| {_ratio(r['events_per_s'], base)} | {_num(r['p50_ms'], 1)} | {_num(r['p99_ms'], 1)} "
+            f"| {_ratio(r['p99_ms'], p99_base)} | {r.get('cpu_s_per_10k_events', 0):.2f} "
+            f"| {_num(r.get('fsync_rounds', 0) / seconds)} | {r.get('disk_write_bytes', 0) / 2**20 / seconds:.1f} "
+            f"| {_num(rows)} ≥ {_num(r['events_sent'])}: {_verdict(ok)} "
+            f"| {r.get('segments_left', '–')} | {r['machine']['other_cpu_s']:.1f} | {_errors(r)} |"
+        )
+    w("")
+    w(
+        "⚠: other jobs on this shared machine took more than 10% of it during the run, even after a repeat "
+        "(the `other jobs CPU-s` column); read those rows as noise, not as a cost.\n"
+    )
+    w("Per policy (means over its runs; the last column only over runs no other job disturbed):\n")
+    w("| policy | runs | events/s | ÷ memory | p99 ms | p99 ÷ memory | CPU-s / 10k events | undisturbed runs: events/s |")
+    w("|---|---:|---:|---:|---:|---:|---:|---|")
+    for policy, group in _by_policy(buf).items():
+        eps, p99 = _mean([r["events_per_s"] for r in group]), _mean([r["p99_ms"] for r in group])
+        cpu = _mean([r.get("cpu_s_per_10k_events", 0) for r in group]) or 0
+        spread = ", ".join(_num(r["events_per_s"]) for r in group)
+        clean = ", ".join(_num(r["events_per_s"]) for r in group if not r.get("contaminated")) or "none"
+        w(
+            f"| {policy} | {len(group)} ({spread}) | {_num(eps)} | {_ratio(eps, base)} | {_num(p99, 1)} "
+            f"| {_ratio(p99, p99_base)} | {cpu:.2f} | {clean} |"
+        )
+    w("")
+    return out
+
+
+def buffer_targets(buf: dict) -> list[str]:
+    if not buf.get("runs"):
+        return ["| `BUFFER=disk` with the default fsync policy costs ≤ 15% events/s (browser) | not run (`--buffer`) | – |"]
+    base = buffer_baseline(buf)
+    default = (buf.get("defaults") or {}).get("BUFFER_FSYNC")
+    group = [r for r in buf["runs"] if (r.get("buffer_env") or {}) == {"BUFFER": "disk", "BUFFER_FSYNC": default}]
+    eps = _mean([r["events_per_s"] for r in group])
+    if not group or not base or eps is None:
+        return [f"| `BUFFER=disk` with the default fsync policy (`{default}`) costs ≤ 15% events/s | not measured | – |"]
+    cost = 1 - eps / base
+    memory = _by_policy(buf).get("`BUFFER=memory`", [])
+    disturbed = sum(1 for r in group + memory if r.get("contaminated"))
+    return [
+        f"| `BUFFER=disk` with the default fsync policy (`{default}`) costs ≤ 15% events/s (browser) "
+        f"| {cost * 100:.1f}% ({_num(eps)} vs {_num(base)} with `BUFFER=memory`, means; {disturbed} of "
+        f"{len(group) + len(memory)} of these runs disturbed by other jobs) | {_verdict(cost <= 0.15)} |"
+    ]

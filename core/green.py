@@ -68,8 +68,20 @@ def off_loop(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run blocking work (zlib, disk I/O, fsync) on gevent's thread pool when gevent drives
     this process, so the event loop keeps serving requests meanwhile; else just call it."""
     if monkey.is_module_patched("threading"):
-        return gevent.get_hub().threadpool.apply(function, args, kwargs)
+        # Errors are carried back and raised here: raised in the pool, gevent would also print
+        # a traceback for every expected failure (a full disk during a flush, say).
+        ok, value = gevent.get_hub().threadpool.apply(_captured, (function, args, kwargs))
+        if not ok:
+            raise value
+        return value
     return function(*args, **kwargs)
+
+
+def _captured(function: Callable[..., T], args: tuple, kwargs: dict) -> tuple[bool, Any]:
+    try:
+        return True, function(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - re-raised in the calling greenlet
+        return False, exc
 
 
 def run_all(calls: Sequence[Callable[[], T]]) -> list[T]:

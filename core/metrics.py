@@ -36,6 +36,24 @@ OLDEST_AGE = Gauge(
     "mpproxy_oldest_unflushed_seconds", "Age of the oldest unflushed row per destination", ["destination"], **_age_mode
 )
 
+# The write-ahead buffer (BUFFER=disk, destinations/wal): what is on disk, summed over workers.
+DISK_BUFFER_BYTES = Gauge("mpproxy_disk_buffer_bytes", "Bytes of write-ahead buffer segments on disk", **_gauge_mode)
+DISK_BUFFER_SEGMENTS = Gauge("mpproxy_disk_buffer_segments", "Write-ahead buffer segment files on disk", **_gauge_mode)
+DISK_BUFFER_OLDEST = Gauge(
+    "mpproxy_disk_buffer_oldest_seconds", "Age of the oldest write-ahead buffer segment not yet delivered", **_age_mode
+)
+RECOVERED_ROWS = Counter(
+    "mpproxy_recovered_rows_total", "Rows re-delivered from segments a stopped process left behind", ["destination"]
+)
+CORRUPT_TAILS = Counter("mpproxy_disk_buffer_corrupt_tails_total", "Damaged regions found in write-ahead buffer segments")
+CORRUPT_BYTES = Counter("mpproxy_disk_buffer_corrupt_bytes_total", "Bytes of damaged write-ahead buffer records skipped")
+REFUSED = Counter("mpproxy_refused_requests_total", "Requests answered 503 because their rows could not be kept", ["reason"])
+FSYNC_SECONDS = Histogram(
+    "mpproxy_disk_buffer_fsync_seconds",
+    "Time of one (group) fsync of the write-ahead buffer",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)
+
 
 def render() -> tuple[bytes, str]:
     if MULTIPROCESS:

@@ -40,6 +40,9 @@ class Ingest:
     # The row model of `records`, computed once per request for every row destination
     # (destinations.rows.RowBatch; typed loosely so records stay free of destination imports).
     rows: Any = None
+    # Where the request's rows sit in the write-ahead buffer (destinations.wal.Ticket), when
+    # BUFFER=disk: the delivery layer acknowledges them against it once they are delivered.
+    ticket: Any = None
 
 
 def _valid_ip(text: str) -> str | None:

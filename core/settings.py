@@ -56,6 +56,12 @@ def is_production_name(environment: str) -> bool:
     return name.startswith("prod") or name in PRODUCTION_WORDS
 
 
+# BUFFER and BUFFER_FSYNC defaults for LOCAL and containers: see README "Delivery" for the measurements.
+BUFFER_MODES = ("disk", "memory")
+DEFAULT_BUFFER = "disk"
+DEFAULT_FSYNC = "10"
+
+
 class ConfigError(ValueError):
     """A setting is missing or invalid; the message names the variable (upper case),
     the bad value and what is allowed."""
@@ -105,6 +111,30 @@ def _parse_url(name: str, raw: str, example: str) -> str:
     return value
 
 
+def parse_fsync(raw: str) -> float | None:
+    """BUFFER_FSYNC: `always` (0), `never` (None) or a group-commit interval in ms (`100`, `100ms`)."""
+    value = raw.strip().lower()
+    if value == "always":
+        return 0.0
+    if value == "never":
+        return None
+    number = _parse_number("buffer_fsync", value.removesuffix("ms").strip(), float, 0) if value else None
+    if number is None:
+        raise ConfigError("BUFFER_FSYNC is empty (use always, never or milliseconds such as 100)")
+    return number
+
+
+def _buffer_settings(get: Any, runtime: str) -> dict[str, Any]:
+    # Serverless runtimes write inside the request (DELIVERY=sync): nothing waits in a buffer.
+    raw = get("buffer")
+    mode = _parse_choice("buffer", raw, BUFFER_MODES) if raw else "memory" if runtime in SERVERLESS_RUNTIMES else DEFAULT_BUFFER
+    out: dict[str, Any] = {"buffer": mode, "buffer_dir": (get("buffer_dir") or "./buffer").strip()}
+    out["buffer_fsync_ms"] = parse_fsync(get("buffer_fsync") or DEFAULT_FSYNC)
+    if get("buffer_max_bytes"):
+        out["buffer_max_bytes"] = _parse_number("buffer_max_bytes", get("buffer_max_bytes"), int, 64 * 1024)
+    return out
+
+
 def read_environment(environ: Mapping[str, str] | None = None, dotenv_path: str | None = ".env") -> dict[str, str]:
     """Lower-cased view of `.env` overlaid by the real environment."""
     merged: dict[str, str] = {}
@@ -143,6 +173,12 @@ class Settings:
     max_body_bytes: int = 10 * 1024 * 1024
     trusted_proxy_hops: int = 1
     destination_timeout_seconds: float = 15.0
+    # The write-ahead buffer (destinations/wal): `disk` or `memory`, where, how often to fsync
+    # (None: never; 0: before every reply; else a group commit at most every that many ms).
+    buffer: str = "disk"
+    buffer_dir: str = "./buffer"
+    buffer_fsync_ms: float | None = 10.0
+    buffer_max_bytes: int = 1 << 30
     # Everything else (destination variables, secrets) lives here, lower-cased, out of repr.
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), repr=False, compare=False)
 
@@ -216,6 +252,7 @@ class Settings:
         if base_path and not all(part and all(c.isalnum() or c in "-_.~" for c in part) for part in base_path.split("/")):
             raise ConfigError(f"BASE_PATH={get('base_path')!r} must be a path such as /mp (letters, digits, - _ . ~ and /)")
         kwargs["base_path"] = f"/{base_path}" if base_path else None
+        kwargs.update(_buffer_settings(get, runtime))
         if get("max_body_bytes"):
             kwargs["max_body_bytes"] = _parse_number("max_body_bytes", get("max_body_bytes"), int, 1024)
         if get("trusted_proxy_hops"):
@@ -269,6 +306,30 @@ class Settings:
         """One of `choices` (lower case), or `default` when unset."""
         raw = self.get(name)
         return default if raw is None else _parse_choice(name, raw, choices)
+
+    def delivery_mode(self, name: str | None) -> str:
+        """`sync` or `batch` for the destination `name` (None: a custom one, global settings only):
+        <NAME>_DELIVERY, else DELIVERY, else `sync` on runtimes that freeze between requests. A
+        batch of one record (BATCH_MAX_RECORDS=1) is `sync` whatever DELIVERY says."""
+        scoped = (lambda key: self.get(f"{name}_{key}") or self.get(key)) if name else self.get
+        raw = scoped("batch_max_records")
+        single = raw is not None and _parse_number("batch_max_records", raw, int, 1) == 1
+        default = "sync" if self.runtime in SERVERLESS_RUNTIMES else "batch"
+        variable = f"{name}_delivery" if name and self.get(f"{name}_delivery") else "delivery"
+        chosen = self.get(variable)
+        mode = _parse_choice(variable, chosen, DELIVERY_MODES) if chosen and chosen.strip() else default
+        return "sync" if single else mode
+
+    @property
+    def buffers_rows(self) -> bool:
+        """Whether any configured destination keeps rows after the reply (what BUFFER=disk protects).
+        Mixpanel does only with MIXPANEL_DELIVERY=batch; its default forwarding answers in the request."""
+        for name in self.destinations:
+            if name == "mixpanel" and (self.get("mixpanel_delivery") or "sync").lower() != "batch":
+                continue
+            if self.delivery_mode(None if ":" in name else name) == "batch":
+                return True
+        return False
 
     @property
     def is_production(self) -> bool:

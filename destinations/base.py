@@ -99,6 +99,11 @@ class Destination(Protocol):
     def health(self) -> dict[str, Any]:
         """State, cheap enough for a health probe: see delivery.DestinationState."""
 
+    def refusal(self, size: int) -> str | None:
+        """Why a request bringing about `size` bytes of rows could not be kept now (it is then
+        answered 503 before anything is dispatched), or None. A destination that answers
+        inside the request has nothing to refuse ahead of time."""
+
     def redeliver(self, table: str, rows: list[Any]) -> int:
         """Write rows taken back from the dead letter (the `replay` command); raise on failure."""
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from core.settings import Settings
+from core.storage import free_bytes
 from destinations.rows import Row, json_safe
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,18 @@ class DeadLetter:
         if self._size is None:
             self._size = sum(p.stat().st_size for p in self.root.rglob("*.ndjson")) if self.root.is_dir() else 0
         return self._size
+
+    def room(self) -> int | None:
+        """Bytes the spool can still take: what DEAD_LETTER_MAX_BYTES leaves, and what the disk
+        has free. The delivery layer's admission check asks before it accepts rows whose
+        destination is failing. (None would mean unknown, e.g. a topic in front of the spool.)"""
+        with self._lock:
+            left = self.max_bytes - self._current_size()
+        try:
+            free = free_bytes(self.root)
+        except OSError:
+            free = 0
+        return max(0, min(left, free))
 
     def put(self, destination: str, table: str, rows: list[Any], reason: str, attempts: int, encoded: bool = False) -> Path:
         """Spool one batch. `rows` are row dicts, or with `encoded` (hour, NDJSON line) pairs."""

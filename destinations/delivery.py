@@ -12,6 +12,13 @@ and jitter; what still fails goes to the dead letter. A buffer that is full (its
 destination is down) spills to the dead letter instead of growing. Nothing is
 dropped silently: if the dead letter cannot take rows either, the write fails and
 the SDK is told to retry (503).
+
+With the write-ahead buffer (BUFFER=disk, destinations/wal) each request's rows are
+already in a segment file when they reach `write`, and `ingest.ticket` says where. The
+buffer remembers, per chunk, which records of which segments it holds; once a chunk is
+written or dead-lettered those rows are acknowledged to the log, which deletes a segment
+when every buffered destination has acknowledged everything in it. `refusal()` is the
+admission check the request path makes before anything is dispatched.
 """
 
 from __future__ import annotations
@@ -28,14 +35,15 @@ from typing import Any
 from core import metrics
 from core.records import Ingest, Kind
 from core.retry import PermanentError, RetriesExhausted, RetryPolicy, short_error
-from core.settings import DELIVERY_MODES, Settings
+from core.settings import Settings
 from destinations.base import Capabilities, Chunk, RowSink, SinkResult, WriteResult
 from destinations.deadletter import DeadLetter, DeadLetterFull
 from destinations.rows import RowBatch, dumps_row, hour_of, to_rows
 from destinations.schema import TableSchema
 
 log = logging.getLogger(__name__)
-FREEZING_RUNTIMES = {"AWS", "GCP", "AZURE", "LAMBDA", "FUNCTIONS"}
+# /health asks whether a request of about this size would be refused (a 50-event browser batch).
+READINESS_PROBE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -59,9 +67,6 @@ class DeliveryConfig:
 
         caps = capabilities or Capabilities()
         max_records = pick("batch_max_records", settings.get_int, cls.max_records, 1)
-        default_mode = "sync" if settings.runtime in FREEZING_RUNTIMES or max_records == 1 else "batch"
-        variable = f"{name}_delivery" if settings.get(f"{name}_delivery") else "delivery"
-        mode = settings.get_choice(variable, DELIVERY_MODES, default_mode)
         attempt_timeout = settings.get_float(f"{name}_attempt_timeout_seconds", caps.attempt_timeout, 0.1)
         retry = RetryPolicy(
             max_attempts=pick("retry_max_attempts", settings.get_int, RetryPolicy.max_attempts, 1),
@@ -70,7 +75,7 @@ class DeliveryConfig:
             base_seconds=pick("retry_base_seconds", settings.get_float, RetryPolicy.base_seconds, 0),
         )
         return cls(
-            mode="sync" if max_records == 1 else mode,
+            mode=settings.delivery_mode(name),
             max_records=max_records,
             max_bytes=pick("batch_max_bytes", settings.get_int, cls.max_bytes, 1),
             max_seconds=max(pick("batch_max_seconds", settings.get_float, cls.max_seconds, 0.05), caps.min_flush_seconds),
@@ -113,18 +118,26 @@ class DestinationState:
         return out
 
 
+# Rows of one request in the write-ahead buffer: (ticket, table, first row, row count).
+Origin = tuple[Any, str, int, int]
+
+
 class _Buffer:
     """Rows waiting for one destination: per table, a list of chunks, each delivered by one
-    write and sized to what the sink can take. Not thread-safe: the owner locks."""
+    write and sized to what the sink can take. Not thread-safe: the owner locks.
 
-    def __init__(self, new_chunk: Callable[[], Chunk]) -> None:
+    With `origins`, it records for each chunk which rows of which write-ahead records it
+    took (keyed by the chunk's id; the entry keeps the chunk alive, so ids stay unique)."""
+
+    def __init__(self, new_chunk: Callable[[], Chunk], origins: dict[int, tuple[Chunk, list[Origin]]] | None = None) -> None:
         self.new_chunk = new_chunk
+        self.origins = origins
         self.tables: dict[str, list[Chunk]] = {}
         self.rows = 0
         self.bytes = 0
         self.oldest: float | None = None
 
-    def add(self, table: str, items: list[Any], size: int, now: float) -> None:
+    def add(self, table: str, items: list[Any], size: int, now: float, ticket: Any = None, first: int = 0) -> None:
         """Append `items` (`size` bytes encoded) to the table's open chunk, opening new ones as
         chunks fill. Memory is what each chunk reports: packed chunks count the compressed
         bytes they hold, plain ones the share of `size` they took."""
@@ -141,6 +154,8 @@ class _Buffer:
                 chunks.append(self.new_chunk())
                 continue
             self.bytes += chunk.nbytes - before
+            if ticket is not None and self.origins is not None:
+                self.origins.setdefault(id(chunk), (chunk, []))[1].append((ticket, table, first + start, taken))
             start += taken
         self.rows += len(items)
         if self.oldest is None:
@@ -174,7 +189,6 @@ class RowDestination:
         self._inflight: dict[int, tuple[str, Chunk]] = {}
         self._chunk_rows = min(config.max_records, self.capabilities.max_rows)
         self._chunk_bytes = min(config.max_bytes, self.capabilities.max_bytes)
-        self._buffer = self._empty_buffer()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
@@ -185,15 +199,63 @@ class RowDestination:
         # the sink only once none is: see _sink_in_use().
         self._users = 0
         self._closing = False
+        # The write-ahead log (destinations/wal) when BUFFER=disk, set by attach().
+        self.wal: Any = None
+        self._origins: dict[int, tuple[Chunk, list[Origin]]] = {}
+        self._buffer = self._empty_buffer()
+        # A flush found neither the destination nor the dead letter taking rows.
+        self._stalled = False
 
     # -- the Destination contract ------------------------------------------------------
     def write(self, ingest: Ingest) -> WriteResult:
         started = time.monotonic()
         tables = self._tables(ingest)
+        ticket = ingest.ticket if self.wal is not None else None
         if self.config.mode == "sync" or self._stop.is_set():
             # Once draining has begun nobody will flush a buffer again: late requests write through.
-            return self._write_now(tables, started)
-        return self._enqueue(tables, started)
+            result = self._write_now(tables, started)
+            if ticket is not None:  # written (or spooled) before the reply: nothing to recover
+                self._settle([(ticket, table, 0, len(items)) for table, items, _size in tables])
+            return result
+        return self._enqueue([(table, items, size, ticket, 0) for table, items, size in tables], started)
+
+    def attach(self, wal: Any) -> None:
+        """Buffer rows against the write-ahead log: hold them per record, acknowledge them
+        once delivered (see destinations/wal)."""
+        self.wal = wal
+
+    def recover(self, entries: list[tuple[str, list[Any], int, Any, int]]) -> None:
+        """Buffer rows read back from a segment a stopped process left: (table, items,
+        encoded bytes, ticket, index of the first item within its record). Never spilled:
+        the recovery waits for room before it hands rows over."""
+        self._enqueue(entries, time.monotonic(), spill=False)
+
+    def backlog(self) -> int:
+        """Bytes waiting in this destination's buffer."""
+        with self._lock:
+            return self._buffer.bytes
+
+    def refusal(self, size: int) -> str | None:
+        """Why a request bringing `size` more bytes cannot be accepted now, or None.
+        Rows must be kept somewhere: in the buffer while it has room and the destination
+        works (or, with the write-ahead buffer, on disk anyway); otherwise in the dead letter,
+        which must then have room for them, and, without a disk buffer, for everything the
+        failing destination still holds in memory."""
+        if self.config.mode == "sync" or self._stop.is_set():
+            return None
+        with self._lock:
+            buffered = self._buffer.bytes
+            flushing = sum(chunk.nbytes for _table, chunk in self._inflight.values())
+        fits = buffered + size <= self.config.max_buffer_bytes
+        failing = self._stalled or self.state.state in ("retrying", "dead_lettering")
+        if fits and (self.wal is not None or not failing):
+            return None
+        refused = f"{self.name} cannot keep more rows: the destination is failing and the dead letter is full"
+        if self.wal is None and self._stalled:
+            return refused  # a flush already found the dead letter full: memory is all these rows have
+        need = buffered + flushing + size if self.wal is None and failing else size
+        room = self.dead_letter.room()
+        return None if room is None or room >= need else refused
 
     @contextmanager
     def _sink_in_use(self) -> Iterator[None]:
@@ -237,6 +299,12 @@ class RowDestination:
             depth, size, oldest = self._buffer.rows, self._buffer.bytes, self._buffer.oldest
         now = time.time()
         info = {"mode": self.config.mode, "buffered_rows": depth, "buffered_bytes": size, **self.state.as_dict(now)}
+        refusal = self.refusal(READINESS_PROBE_BYTES)  # would a typical request be refused now?
+        info["ready"] = refusal is None
+        if refusal:
+            info["refusing"] = refusal
+        if self._stalled:
+            info["state"] = "stalled"
         if oldest is not None:
             info["oldest_unflushed_seconds"] = round(self.clock() - oldest, 3)
         info.update(self.sink.health())
@@ -252,7 +320,9 @@ class RowDestination:
         written = 0
         with self._sink_in_use():
             for chunk in buffer.tables.get(table, []):
-                result = self.config.retry.run(lambda c=chunk: self._attempt(table, c), attempt_timeout=self.config.attempt_timeout)
+                result = self.config.retry.run(
+                    lambda c=chunk: self._attempt(table, c), attempt_timeout=self.config.attempt_timeout
+                )
                 if result.rejected:
                     self._spool_rejected(table, chunk, result, 0)
                 written += result.written
@@ -278,26 +348,43 @@ class RowDestination:
                 buffered, self._buffer = self._buffer, self._empty_buffer()
                 stuck += [(table, chunk) for table, chunks in buffered.tables.items() for chunk in chunks]
                 self._publish_gauges()
-        lost = 0
+        left: list[Chunk] = []
         for table, chunk in stuck:
             try:
                 self._spool_chunk(table, chunk, "transient: destination did not answer before shutdown", 0)
             except DeadLetterFull:
-                lost += len(chunk)
+                left.append(chunk)
+            else:
+                self._acknowledge(chunk)
         try:
             self.flush(deadline=started + budget * 0.75)
         except DeadLetterFull:
             with self._lock:  # flush() put back what neither the destination nor the dead letter took
-                lost += self._buffer.rows
+                left += [chunk for chunks in self._buffer.tables.values() for chunk in chunks]
                 self._buffer = self._empty_buffer()
-        if lost:
-            metrics.DROPPED.labels(self.name, "dead_letter_full").inc(lost)
-            log.error("%s: %d rows lost at shutdown: the destination failed and the dead letter is full", self.name, lost)
+        self._report_left(left)
         with self._lock:
             self._closing = True
             release = self._users == 0
         if release:  # else the last write still using the sink releases it
             self._release_sink()
+
+    def _report_left(self, chunks: list[Chunk]) -> None:
+        """Rows neither written nor dead-lettered at shutdown: kept on disk with the write-ahead
+        buffer (the next process delivers them), otherwise lost, and counted."""
+        with self._lock:
+            kept = sum(len(chunk) for chunk in chunks if id(chunk) in self._origins)
+        lost = sum(len(chunk) for chunk in chunks) - kept
+        if kept:
+            log.warning(
+                "%s: %d rows not delivered at shutdown (the destination failed and the dead letter is full) stay in "
+                "the write-ahead buffer for the next start",
+                self.name,
+                kept,
+            )
+        if lost:
+            metrics.DROPPED.labels(self.name, "dead_letter_full").inc(lost)
+            log.error("%s: %d rows lost at shutdown: the destination failed and the dead letter is full", self.name, lost)
 
     # -- what a request hands over ------------------------------------------------------
     def _tables(self, ingest: Ingest) -> list[tuple[str, list[Any], int]]:
@@ -341,35 +428,58 @@ class RowDestination:
         return WriteResult(self.name, "success", inserted, 0, duration)
 
     # -- batch --------------------------------------------------------------------------
-    def _enqueue(self, tables: list[tuple[str, list[Any], int]], started: float) -> WriteResult:
+    def _enqueue(self, entries: list[tuple[str, list[Any], int, Any, int]], started: float, spill: bool = True) -> WriteResult:
+        """Buffer (table, items, encoded bytes, write-ahead ticket or None, first item's index
+        within its record) entries, spilling to the dead letter what does not fit."""
         self._ensure_flusher()
-        spill: list[tuple[str, list[Any]]] = []
+        spilled: list[tuple[str, list[Any], Any, int]] = []
         queued = 0
         now = self.clock()
         with self._lock:
             # The drain may have begun while this request waited for the lock: nobody will
             # flush the buffer again, so write through (see write()).
             late = self._stop.is_set()
-            for table, items, size in [] if late else tables:
-                if self._buffer.bytes + size > self.config.max_buffer_bytes:
-                    spill.append((table, items))
+            for table, items, size, ticket, first in [] if late else entries:
+                if spill and self._buffer.bytes + size > self.config.max_buffer_bytes:
+                    spilled.append((table, items, ticket, first))
                     continue
-                self._buffer.add(table, items, size, now)
+                self._buffer.add(table, items, size, now, ticket, first)
+                if ticket is not None:
+                    self.wal.hold([(ticket, len(items))])
                 queued += len(items)
             # Flush early when the buffer is half full, so spilling is only for a destination that is down.
             pressure = min(self.config.max_bytes, self.config.max_buffer_bytes // 2)
             full = self._buffer.rows >= self.config.max_records or self._buffer.bytes >= pressure
             self._publish_gauges()
         if late:
-            return self._write_now(tables, started)
+            result = self._write_now([(table, items, size) for table, items, size, _ticket, _first in entries], started)
+            written = [(ticket, table, first, len(items)) for table, items, _size, ticket, first in entries if ticket is not None]
+            if written:  # written (or spooled) before the reply, as in write()
+                self._settle(written)
+            return result
         if full:
             self._wake.set()
-        for table, items in spill:
+        for table, items, ticket, first in spilled:
             # The destination is not keeping up: spill rather than grow (raises DeadLetterFull -> 503).
             self.state.state = "buffer_full"
             self._spool(table, items, "buffer_full", 0)
+            if ticket is not None:
+                self._settle([(ticket, table, first, len(items))])
         duration = (time.monotonic() - started) * 1000
-        return WriteResult(self.name, "queued", queued, 0, duration, "buffer full: spooled" if spill else None)
+        return WriteResult(self.name, "queued", queued, 0, duration, "buffer full: spooled" if spilled else None)
+
+    def _settle(self, pieces: list[Origin]) -> None:
+        """Rows of write-ahead records that were taken at once (written in the request, or spilled)."""
+        self.wal.hold([(ticket, count) for ticket, _table, _first, count in pieces])
+        self.wal.ack(self.name, pieces)
+
+    def _acknowledge(self, chunk: Chunk) -> None:
+        """The chunk is written or dead-lettered: acknowledge its rows to the write-ahead log
+        (once: a drain and a stuck flusher may both finish the same chunk)."""
+        with self._lock:
+            entry = self._origins.pop(id(chunk), None)
+        if entry is not None and self.wal is not None:
+            self.wal.ack(self.name, entry[1])
 
     def _ensure_flusher(self) -> None:
         if self._flusher is None or not self._flusher.is_alive():
@@ -389,6 +499,7 @@ class RowDestination:
                 with self._lock:
                     self._publish_gauges()
             except DeadLetterFull as exc:
+                self._stalled = True
                 log.warning("%s: rows stay buffered: the destination failed and the dead letter is full (%s)", self.name, exc)
                 time.sleep(tick)
             except Exception:  # noqa: BLE001 - the flusher must outlive any one failure
@@ -428,14 +539,16 @@ class RowDestination:
                 count, _error = self._deliver(table, chunk, deadline, key=id(chunk))
             except DeadLetterFull:
                 # Neither the destination nor the dead letter took these rows: keep them, and the rest,
-                # for the next flush. Meanwhile requests spill, cannot spool either and are answered 503,
-                # so the buffer stays bounded. (Pieces of a chunk spooled before the spool filled up are
-                # sent again later: at least once, as everywhere.)
+                # for the next flush. Meanwhile requests are refused (503, see refusal()), so the buffer
+                # stays bounded. (Pieces of a chunk spooled before the spool filled up are sent again
+                # later: at least once, as everywhere.)
+                self._stalled = True
                 self._requeue(pending[index:], oldest)
                 raise
             finally:
                 with self._lock:
                     self._inflight.pop(id(chunk), None)
+            self._acknowledge(chunk)
             written += count
         return written
 
@@ -453,7 +566,7 @@ class RowDestination:
             self._publish_gauges()
 
     def _empty_buffer(self) -> _Buffer:
-        return _Buffer(lambda: self.sink.new_chunk(self._chunk_rows, self._chunk_bytes))
+        return _Buffer(lambda: self.sink.new_chunk(self._chunk_rows, self._chunk_bytes), self._origins)
 
     # -- one chunk, retried, then dead-lettered -------------------------------------------
     def _attempt(self, table: str, chunk: Chunk) -> SinkResult:
@@ -497,6 +610,7 @@ class RowDestination:
             result, error, attempts = None, f"transient: {short_error(exc.last)}", exc.attempts
         metrics.FLUSH_SECONDS.labels(self.name).observe(time.monotonic() - started)
         if result is not None:
+            self._stalled = False
             metrics.FLUSHES.labels(self.name, "ok").inc()
             metrics.ROWS_OUT.labels(self.name).inc(result.written)
             self.state.written_rows += result.written
@@ -516,6 +630,7 @@ class RowDestination:
             taken_over = key is not None and key not in self._inflight
         if not taken_over:  # else a drain already spooled this chunk while we were stuck
             self._spool_chunk(table, chunk, error, attempts)
+        self._stalled = False
         return 0, error
 
     def _note_error(self, error: str | None) -> None:

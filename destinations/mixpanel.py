@@ -280,6 +280,9 @@ class MixpanelDestination:
     def redeliver(self, table: str, rows: list[Any]) -> int:
         raise PermanentError("synchronous Mixpanel forwarding spools nothing: set MIXPANEL_DELIVERY=batch to replay")
 
+    def refusal(self, size: int) -> str | None:
+        return None  # answers inside the request: a failure is that request's 503
+
     def close(self, timeout: float | None = None) -> None:
         pass  # the shared client is closed by the runtime, after the pass-through routes
 

@@ -8,8 +8,9 @@ import time
 
 from flask import Response, request
 
-from core import green
+from core import green, metrics
 from core.records import Ingest, client_ip, normalize
+from destinations.wal import BufferFull
 from proxy import payloads, replies
 from proxy.dispatch import dispatch
 from proxy.runtime import runtime
@@ -93,14 +94,50 @@ def handle(endpoint: str) -> Response:
 
     allowed = UPSTREAM_PARAMS.get(endpoint, ())
     frozen = tuple(records)
+    rows = rt.rows(frozen)
+    # Admission: nothing is dispatched (not even to Mixpanel) unless every destination can keep its rows.
+    refusal = rt.refusal(len(body)) if rt.buffers_rows else None
+    if refusal:
+        return _unavailable("dead_letter_full", refusal, decoded.verbose, endpoint)
+    ticket = None
+    if rt.buffer is not None:
+        if not rt.buffer.started:  # servers without gunicorn's post_worker_init hook
+            rt.start()
+        try:
+            ticket = rt.buffer.append(endpoint, rows, frozen)
+        except BufferFull as exc:
+            return _unavailable(exc.reason, str(exc), decoded.verbose, endpoint)
     ingest = Ingest(
         endpoint=endpoint,
         records=frozen,
-        rows=rt.rows(frozen),
+        rows=rows,
         # ip=0: Mixpanel must not geolocate this request by the client's address either.
         client_ip=ip if decoded.ip_enabled else None,
         authorization=request.headers.get("Authorization"),
         upstream_params=tuple((k, v) for k, v in decoded.params.items() if k in allowed),
+        ticket=ticket,
     )
-    results = dispatch(ingest, rt.destinations)  # never raises: failures are per-destination results
+    try:
+        results = dispatch(ingest, rt.destinations)  # never raises: failures are per-destination results
+    finally:
+        if ticket is not None:
+            ticket.release()
+    if ticket is not None and rt.buffer is not None:
+        try:
+            rt.buffer.wait_durable(ticket)  # BUFFER_FSYNC: the fsync overlapped with dispatch
+        except BufferFull as exc:
+            return _unavailable(exc.reason, str(exc), decoded.verbose, endpoint)
     return replies.ingest_reply(endpoint, len(records), results, decoded.verbose, decoded.legacy)
+
+
+_last_logged: dict[str, float] = {}
+
+
+def _unavailable(reason: str, message: str, verbose: bool, endpoint: str) -> Response:
+    """503 + Retry-After: the rows could not be kept, so the SDK must send them again."""
+    metrics.REFUSED.labels(reason).inc()
+    now = time.monotonic()
+    if now - _last_logged.get(reason, -60.0) >= 10:  # one line per reason every 10 s, not one per request
+        _last_logged[reason] = now
+        log.warning("refusing requests with 503 (%s): %s", reason, message)
+    return replies.error(message, 503, verbose, endpoint)

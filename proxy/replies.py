@@ -29,7 +29,8 @@ def as_json(payload: Any, status: int = 200, headers: dict[str, str] | None = No
 def error(message: str, status: int, verbose: bool = True, endpoint: str | None = None) -> Response:
     """A client or availability error. /import speaks Mixpanel's /import error shape."""
     if endpoint == "import":
-        return as_json({"code": status, "error": message, "status": "Bad Request" if status < 500 else "Error"}, status)
+        body = {"code": status, "error": message, "status": "Bad Request" if status < 500 else "Error"}
+        return as_json(body, status, _retry_after(status))
     if verbose:
         return as_json({"status": 0, "error": message}, status, _retry_after(status))
     return Response("0", status=status, mimetype="text/plain", headers=_retry_after(status))

@@ -22,6 +22,7 @@ from destinations.base import Destination
 from destinations.mixpanel import MixpanelClient
 from destinations.rows import RowBatch, to_rows
 from destinations.schema import TableSchema, build_schemas
+from destinations.wal import DiskBuffer
 from proxy.staticlib import LibraryCache
 from proxy.transform import RowTransformer, Transformer
 
@@ -40,6 +41,8 @@ class Runtime:
     # BODY_READ_TIMEOUT_SECONDS and MAX_URL_BYTES, read (and validated) once at start-up.
     body_read_timeout: float = DEFAULT_BODY_READ_TIMEOUT_SECONDS
     max_url_bytes: int = DEFAULT_MAX_URL_BYTES
+    # The write-ahead buffer (BUFFER=disk), when any destination buffers rows.
+    buffer: DiskBuffer | None = None
     closed: bool = field(default=False)
     _closing: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -57,6 +60,27 @@ class Runtime:
             batch = self.row_transformer.apply(batch, {s.name: s.kind for s in self.schemas.values()})
         return batch
 
+    def start(self) -> None:
+        """Begin background work that belongs to a serving process only (not to `flask setup`):
+        adopting and delivering what stopped processes left in BUFFER_DIR."""
+        if self.buffer is not None:
+            self.buffer.start()
+
+    @cached_property
+    def buffers_rows(self) -> bool:
+        """Whether any destination keeps rows after the reply (and so needs admission control)."""
+        return self.settings.buffers_rows
+
+    def refusal(self, size: int) -> str | None:
+        """Why a request bringing about `size` bytes of rows cannot be kept now (it is then
+        answered 503 before anything is dispatched), or None. The write-ahead buffer makes
+        its own check when the rows are appended."""
+        for destination in self.destinations:
+            reason = destination.refusal(size)
+            if reason:
+                return reason
+        return None
+
     def close(self, timeout: float | None = None) -> None:
         """Drain every destination (flush buffers, spool the rest). Idempotent, and a second
         caller waits for the first to finish (gunicorn may signal a worker twice)."""
@@ -67,11 +91,18 @@ class Runtime:
             self.closed = True
 
     def _drain(self, timeout: float | None) -> None:
+        if self.buffer is not None:
+            self.buffer.stop_recovery()  # hand over nothing new while destinations drain
         for destination in self.destinations:
             try:
                 destination.close(timeout=timeout)
             except Exception:  # noqa: BLE001 - keep closing the others
                 log.exception("closing %s failed", destination.name)
+        if self.buffer is not None:
+            try:
+                self.buffer.close()  # deletes delivered segments; keeps the rest for the next start
+            except Exception:  # noqa: BLE001
+                log.exception("closing the write-ahead buffer failed")
         self.upstream.close()
 
 

@@ -33,10 +33,21 @@ log = logging.getLogger(__name__)
 MARGIN_SECONDS = 2
 
 
+def _runtime(worker: Any) -> Any:
+    app = getattr(worker, "wsgi", None)
+    return getattr(app, "extensions", {}).get("mpproxy") if app is not None else None
+
+
+def start(worker: Any) -> None:
+    """The worker serves: start adopting what stopped workers left in BUFFER_DIR."""
+    runtime = _runtime(worker)
+    if runtime is not None:
+        runtime.start()
+
+
 def drain(worker: Any) -> None:
     """Flush (or spool) every destination's buffer within the worker's graceful timeout."""
-    app = getattr(worker, "wsgi", None)
-    runtime = getattr(app, "extensions", {}).get("mpproxy") if app is not None else None
+    runtime = _runtime(worker)
     if runtime is not None:
         runtime.close(timeout=max(1, worker.cfg.graceful_timeout - MARGIN_SECONDS))
 

@@ -36,7 +36,12 @@ def mp(mixpanel: MixpanelDouble) -> MixpanelDouble:
 @pytest.fixture
 def make_settings(tmp_path: Path) -> Callable[..., Settings]:
     def build(**values: str) -> Settings:
-        base = {"data_dir": str(tmp_path / "data"), "dead_letter_dir": str(tmp_path / "spool"), "delivery": "sync"}
+        base = {
+            "data_dir": str(tmp_path / "data"),
+            "dead_letter_dir": str(tmp_path / "spool"),
+            "buffer_dir": str(tmp_path / "buffer"),
+            "delivery": "sync",
+        }
         base.update({k.lower(): str(v) for k, v in values.items()})
         return Settings.from_mapping(base)
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support.processes import VENV_BIN, Server, free_port, wait_until
+from tests.support.processes import VENV_BIN, Server, free_port, scratch_dir, wait_until
 
 
 @dataclass
@@ -39,7 +39,8 @@ def start_gunicorn(env: dict[str, str], log: Path, *, workers: int = 1, tls: tup
     args = [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{port}", "-w", str(workers)]
     if tls:
         args += ["--certfile", str(tls[0]), "--keyfile", str(tls[1])]
-    server = Server([*args, "app:app"], env={"PYTHONUNBUFFERED": "1", **env}, log=log).start()
+    env = {"PYTHONUNBUFFERED": "1", "BUFFER_DIR": scratch_dir(log, "buffer"), **env}
+    server = Server([*args, "app:app"], env=env, log=log).start()
     server.port = port  # type: ignore[attr-defined]
     scheme = "https" if tls else "http"
     try:

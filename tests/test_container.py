@@ -88,6 +88,7 @@ def test_every_module_the_app_imports_at_runtime_is_in_the_image(tmp_path: Path)
         "DELIVERY": "batch",
         "DATA_DIR": str(tmp_path / "data"),
         "DEAD_LETTER_DIR": str(tmp_path / "spool"),
+        "BUFFER_DIR": str(tmp_path / "buffer"),
         "S3_BUCKET": "b",
         "S3_REGION": "us-east-1",
         "S3_ENDPOINT_URL": dead,
@@ -126,7 +127,7 @@ def test_every_python_file_of_the_app_packages_is_in_the_image() -> None:
 @pytest.mark.parametrize(
     "path",
     [".venv/bin/python", "node_modules/azurite/package.json", "data/events/dt=2026-01-01/hr=00/x.json.gz",
-     "spool/s3/x.ndjson", "tests/test_smoke.py", "bench/run.sh", ".env", ".git/HEAD", "main.py",
+     "spool/s3/x.ndjson", "buffer/vm-1-abc/000001.seg", "tests/test_smoke.py", "bench/run.sh", ".env", ".git/HEAD", "main.py",
      "lambda_handler.py", "function_app.py", "proxy/__pycache__/app.cpython-311.pyc", "scripts/test.sh"],
 )  # fmt: skip
 def test_dockerignore_keeps_out_what_the_app_does_not_load(path: str) -> None:

@@ -37,6 +37,7 @@ def env(tmp_path: Path) -> dict[str, str]:
     return {
         "DATA_DIR": str(tmp_path / "data"),
         "DEAD_LETTER_DIR": str(tmp_path / "spool"),
+        "BUFFER_DIR": str(tmp_path / "buffer"),
         "FAULTY_DIR": str(tmp_path / "faulty"),
         "FAULTY_CONTROL": str(tmp_path / "faulty.mode"),
         "LOG_LEVEL": "WARNING",

@@ -63,6 +63,9 @@ class TopicDeadLetter(DeadLetter):
         super().__init__(directory, max_bytes)
         self.publisher = publisher
 
+    def room(self) -> int | None:
+        return None  # the topic takes what it is sent; only if publishing fails does the spool
+
     def put(self, destination: str, table: str, rows: list[Any], reason: str, attempts: int, encoded: bool = False) -> Path:
         try:
             self._publish(destination, table, rows, reason, attempts, encoded)

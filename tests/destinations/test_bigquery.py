@@ -418,4 +418,3 @@ def test_profile_rows_get_stable_ids_of_their_own():
 
 
 # -- the Storage Write API inside gunicorn's gevent workers -------------------------------------------
-

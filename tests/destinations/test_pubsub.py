@@ -236,7 +236,9 @@ def test_a_write_through_in_flight_when_the_drain_ends_still_publishes(
     assert client.post("/track", json=[r.payload for r in track(3, "buffered")]).data == b"1"
     destination._stop.set()  # the drain has begun: a request now writes through
     late: dict[str, Any] = {}
-    request = threading.Thread(target=lambda: late.update(reply=client.post("/track", json=[r.payload for r in track(4, "late")])))
+    request = threading.Thread(
+        target=lambda: late.update(reply=client.post("/track", json=[r.payload for r in track(4, "late")]))
+    )
     request.start()
     wait_until(lambda: destination._users == 1, 10, 0.01, what="the late request publishing")
     destination.close(timeout=10)  # flushes the buffer and ends while the late messages wait in their batch
@@ -414,7 +416,12 @@ def test_sigterm_under_load_every_acknowledged_row_is_on_the_topic(pubsub_standi
     assert len(load.accepted) >= 600, (len(load.accepted), load.statuses, time.monotonic() - started)
     missing = load.accepted - set(published)
     spooled = [(b.reason, r["insert_id"]) for b in DeadLetter(str(tmp_path / "spool")).batches() for r in b.rows]
-    assert not missing, (f"{len(missing)} acknowledged rows are not on the topic", sorted(missing)[:20], spooled[:20], server.log()[-3000:])
+    assert not missing, (
+        f"{len(missing)} acknowledged rows are not on the topic",
+        sorted(missing)[:20],
+        spooled[:20],
+        server.log()[-3000:],
+    )
     assert max(published.values()) == 1
     assert set(published) <= load.accepted | load.refused
     assert not spooled, spooled[:20]

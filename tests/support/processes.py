@@ -71,12 +71,19 @@ class Server:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
 
 
+def scratch_dir(log: Path | None, name: str) -> str:
+    """A folder next to the test's log (so inside its tmp_path), never the project root."""
+    import tempfile
+
+    return str((log.parent if log else Path(tempfile.mkdtemp(prefix="mpproxy-test-"))) / name)
+
+
 def gunicorn(env: dict[str, str], port: int, workers: int = 2, log: Path | None = None) -> Server:
     """The proxy under real gunicorn with gevent workers, exactly as the Procfile runs it."""
     import requests
 
     args = [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{port}", "-w", str(workers), "app:app"]
-    server = Server(args, env={"PYTHONUNBUFFERED": "1", **env}, log=log).start()
+    server = Server(args, env={"PYTHONUNBUFFERED": "1", "BUFFER_DIR": scratch_dir(log, "buffer"), **env}, log=log).start()
     try:
         wait_until(lambda: requests.get(f"http://127.0.0.1:{port}/ping", timeout=1).ok, 30, what="gunicorn proxy")
     except TimeoutError:

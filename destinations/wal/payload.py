@@ -1,0 +1,75 @@
+"""One request as the write-ahead buffer stores it, and back.
+
+A record's payload is NDJSON: a header line, then each table's rows as the NDJSON lines
+the lakes write (encoded once per request and shared with them), then, only when a
+destination takes SDK-shaped records (Mixpanel with MIXPANEL_DELIVERY=batch), the
+records themselves:
+
+    {"e":"track","d":["files","s3"],"t":[["events",50]],"r":0}
+    {"event":"Page View","event_time":...,"insert_id":"...",...}
+    ...
+
+`d` names the destinations the rows were promised to; `t` gives each table's row count;
+`r` the number of record lines. Rows keep every column, so a recovered row carries the
+`insert_id` (and `insert_time`) it had when the SDK was answered.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from destinations.rows import RowBatch, dumps_row, hour_of
+
+
+def encode(endpoint: str, destinations: list[str], rows: RowBatch | None, payloads: list[Any] | None) -> bytes | None:
+    """The payload for one request, or None when it carries nothing a buffered destination takes."""
+    tables = [(table, rows.lines(table)) for table in rows.tables] if rows is not None else []
+    records = [dumps_row(p) for p in payloads] if payloads else []
+    if not records and not any(lines for _, lines in tables):
+        return None
+    head = {"e": endpoint, "d": destinations, "t": [[table, len(lines)] for table, lines in tables], "r": len(records)}
+    parts = [json.dumps(head, separators=(",", ":")).encode()]
+    for _, lines in tables:
+        parts.extend(line for _, line in lines)
+    parts.extend(records)
+    return b"\n".join(parts)
+
+
+@dataclass
+class Decoded:
+    endpoint: str
+    destinations: list[str]
+    tables: dict[str, list[bytes]]  # table -> NDJSON row lines
+    records: list[bytes]  # SDK-shaped records, NDJSON
+
+    def items(self, takes: str, table: str) -> list[Any]:
+        """The table's rows (or, for "records", the endpoint's records) as a sink of this kind takes them."""
+        if takes == "records":
+            return [json.loads(line) for line in self.records]
+        lines = self.tables.get(table, [])
+        if takes == "lines":
+            return [(hour_of(json.loads(line)), line) for line in lines]
+        return [json.loads(line) for line in lines]
+
+    def keys(self, takes: str) -> list[tuple[str, int]]:
+        """[(table, row count)] in the shape a sink of this kind takes: the endpoint for records."""
+        if takes == "records":
+            return [(self.endpoint, len(self.records))] if self.records else []
+        return [(table, len(lines)) for table, lines in self.tables.items()]
+
+
+def decode(payload: bytes) -> Decoded:
+    """Raises ValueError when the payload is not what `encode` wrote."""
+    lines = payload.split(b"\n")
+    head = json.loads(lines[0])
+    tables: dict[str, list[bytes]] = {}
+    at = 1
+    for table, count in head["t"]:
+        tables[str(table)] = lines[at : at + int(count)]
+        at += int(count)
+    records = lines[at : at + int(head["r"])]
+    if at + int(head["r"]) != len(lines):
+        raise ValueError("row counts do not match the payload")
+    return Decoded(str(head["e"]), [str(d) for d in head["d"]], tables, records)
