@@ -433,12 +433,25 @@ class RowDestination:
         within its record) entries, spilling to the dead letter what does not fit."""
         self._ensure_flusher()
         spilled: list[tuple[str, list[Any], Any, int]] = []
+        evicted: _Buffer | None = None
         queued = 0
         now = self.clock()
         with self._lock:
             # The drain may have begun while this request waited for the lock: nobody will
             # flush the buffer again, so write through (see write()).
             late = self._stop.is_set()
+            incoming = sum(size for _table, _items, size, _ticket, _first in entries)
+            if (
+                spill
+                and not late
+                and self._inflight
+                and self._buffer.rows
+                and self._buffer.bytes + incoming > self.config.max_buffer_bytes
+            ):
+                # Full while a flush is still out: the destination is not keeping up. Spill the whole
+                # buffer in one go (a few large dead-letter writes) rather than every later request on
+                # its own (a file, an fsync and a log line each), and buffer this request afresh.
+                evicted, self._buffer = self._buffer, self._empty_buffer()
             for table, items, size, ticket, first in [] if late else entries:
                 if spill and self._buffer.bytes + size > self.config.max_buffer_bytes:
                     spilled.append((table, items, ticket, first))
@@ -459,6 +472,8 @@ class RowDestination:
             return result
         if full:
             self._wake.set()
+        if evicted is not None:
+            self._evict(evicted)
         for table, items, ticket, first in spilled:
             # The destination is not keeping up: spill rather than grow (raises DeadLetterFull -> 503).
             self.state.state = "buffer_full"
@@ -467,6 +482,23 @@ class RowDestination:
                 self._settle([(ticket, table, first, len(items))])
         duration = (time.monotonic() - started) * 1000
         return WriteResult(self.name, "queued", queued, 0, duration, "buffer full: spooled" if spilled else None)
+
+    def _evict(self, evicted: _Buffer) -> None:
+        """Dead-letter a whole buffer taken out because its destination does not keep up. If
+        the dead letter cannot take it, what is left goes back into the buffer (and the
+        request that found the buffer full is answered 503)."""
+        self.state.state = "buffer_full"
+        pending = [(table, chunk) for table, chunks in evicted.tables.items() for chunk in chunks]
+        log.warning(
+            "%s: buffer full while a flush is stuck; spilling %d buffered rows to the dead letter", self.name, evicted.rows
+        )
+        for index, (table, chunk) in enumerate(pending):
+            try:
+                self._spool_chunk(table, chunk, "buffer_full", 0)
+            except DeadLetterFull:
+                self._requeue(pending[index:], evicted.oldest)
+                raise
+            self._acknowledge(chunk)
 
     def _settle(self, pieces: list[Origin]) -> None:
         """Rows of write-ahead records that were taken at once (written in the request, or spilled)."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -146,6 +148,32 @@ def test_full_buffer_spills_to_the_spool_not_memory(make_app, faulty, tmp_path):
     assert any(b.reason == "buffer_full" for b in spool.batches())
     app.extensions["mpproxy"].close()  # drain: the destination is still down, so the rest is spooled too
     assert spool.pending_rows() == 50
+
+
+def test_a_stuck_flush_spills_the_whole_buffer_at_once(make_app, faulty, tmp_path):
+    """A destination that hangs with a flush out: once the buffer is full it goes to the dead
+    letter whole (a few large batches), not request by request, and every row is kept once."""
+    faulty.set("up")
+    app = batch_app(make_app, faulty, max_buffer_bytes="4096")
+    client = app.test_client()
+    dest = destination(app, "faulty")
+    assert client.post("/track", json=events(5, 0)).status_code == 200
+    faulty.set("hang")
+    stuck = threading.Thread(target=dest.flush)
+    stuck.start()
+    wait_until(lambda: bool(dest._inflight), 10, 0.01, what="the flush to hang in the destination")
+    for i in range(1, 40):
+        assert client.post("/track", json=events(5, i * 5)).status_code == 200
+        assert dest.health()["buffered_bytes"] <= 4096
+    spool = DeadLetter(str(tmp_path / "spool"))
+    spilled = [b for b in spool.batches() if b.reason == "buffer_full"]
+    assert spilled and all(len(b.rows) > 5 for b in spilled), [len(b.rows) for b in spilled]  # never one request's alone
+    faulty.set("up")
+    stuck.join(10)
+    app.extensions["mpproxy"].close()
+    landed = [r["insert_id"] for r in files.rows(faulty.dir, "events")]
+    kept = Counter(landed + [r["insert_id"] for b in spool.batches() for r in b.rows])
+    assert kept == Counter(f"e{i}" for i in range(200))
 
 
 def test_spool_that_cannot_take_data_answers_503(make_app, faulty):
