@@ -244,7 +244,10 @@ class RowSink:
       * each attempt is cut off after `capabilities.attempt_timeout` seconds, then retried
         under the one retry policy (core/retry.py);
       * `setup()` has succeeded in this process before the first `write`;
-      * `close()` is called once, after the last write.
+      * `close()` is called when no write is in flight, after the drain. A request that
+        finishes during the drain writes through later: its write may open the sink's
+        clients again, and `close()` is called again after it (so sinks open clients
+        lazily and `close()` must be safe to repeat).
 
     The sink promises:
       * `write` returns a `SinkResult`: how many rows it stored and which it refused, each
