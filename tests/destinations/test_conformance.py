@@ -131,6 +131,7 @@ class Harness:
         self.control = workdir / "faulty-control"
         self.spool = workdir / "spool"
         self.runs = 0
+        self.servers: list[Any] = []
 
     def env(self, faulty: bool = False, **extra: str) -> dict[str, str]:
         env = {
@@ -155,7 +156,14 @@ class Harness:
 
     def start(self, env: dict[str, str]) -> Any:
         self.runs += 1
-        return start_gunicorn(env, self.workdir / f"proxy-{self.runs}.log", workers=int(env["WEB_CONCURRENCY"]))
+        server = start_gunicorn(env, self.workdir / f"proxy-{self.runs}.log", workers=int(env["WEB_CONCURRENCY"]))
+        self.servers.append(server)
+        return server
+
+    def stop_leftovers(self) -> None:
+        """Stop what a failed check left running (stop() is a no-op for a stopped server)."""
+        for server in self.servers:
+            server.stop(timeout=GRACEFUL_SECONDS + 10)
 
     def url(self, server: Any) -> str:
         return f"http://127.0.0.1:{server.port}"
@@ -188,8 +196,11 @@ def harness(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     adapter = cls(standin, "c" + uuid.uuid4().hex[:10])
     harness = Harness(adapter, tmp_path_factory.mktemp(f"conformance-{adapter.label}"))
     harness.landed: dict[str, Any] = {}  # type: ignore[misc]
-    yield harness
-    adapter.cleanup()
+    try:
+        yield harness
+    finally:
+        harness.stop_leftovers()
+        adapter.cleanup()
 
 
 def applies(harness: Harness, check: str) -> None:
