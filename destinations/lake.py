@@ -132,16 +132,25 @@ class PackedRows:
     """Encoded rows of one table, gzip-compressed per insert hour as they are added: one
     chunk of a lake's delivery buffer, and at most one object per hour once sealed.
 
-    `add` takes lines while the chunk stays within `max_raw_bytes` of NDJSON (an empty
-    chunk takes at least one, so an oversized row still moves) and returns how many it
-    took. `nbytes` is what the chunk costs in memory: the compressed bytes so far.
+    `add` takes lines while the chunk stays within `max_raw_bytes` of NDJSON (the object
+    size cap; an empty chunk takes at least one, so an oversized row still moves) and
+    within about `max_packed_bytes` compressed (BATCH_MAX_BYTES, which lakes count
+    compressed), and returns how many it took. `nbytes` is what the chunk costs in memory:
+    the compressed bytes so far.
     `objects()` seals it; after that it only reads. The delivery buffer's lock serialises
     `add`, and a chunk is sealed only once the buffer has handed it to the flusher."""
 
-    def __init__(self, level: int = 6, max_raw_bytes: int = DEFAULT_MAX_OBJECT_BYTES, max_rows: int = 1 << 62) -> None:
+    def __init__(
+        self,
+        level: int = 6,
+        max_raw_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
+        max_rows: int = 1 << 62,
+        max_packed_bytes: int = 1 << 62,
+    ) -> None:
         self.level = level
         self.max_raw_bytes = max_raw_bytes
         self.max_rows = max_rows
+        self.max_packed_bytes = max_packed_bytes
         self.raw_bytes = 0
         self.nbytes = 0
         self._rows = 0
@@ -155,7 +164,12 @@ class PackedRows:
 
     @property
     def full(self) -> bool:
-        return self._sealed is not None or self.raw_bytes >= self.max_raw_bytes or self._rows >= self.max_rows
+        return (
+            self._sealed is not None
+            or self.raw_bytes >= self.max_raw_bytes
+            or self.nbytes >= self.max_packed_bytes
+            or self._rows >= self.max_rows
+        )
 
     def payload(self) -> PackedRows:
         """A sink's `write` receives the chunk itself: sealing it is the sink's business."""
@@ -172,6 +186,8 @@ class PackedRows:
         encoded size) is not needed: the chunk counts what it holds compressed."""
         if self._sealed is not None:
             raise RuntimeError("rows added to a sealed chunk")
+        if self._rows and self.nbytes >= self.max_packed_bytes:
+            return 0
         by_hour: dict[str, list[bytes]] = {}
         taken = 0
         for hour, line in lines:
@@ -254,8 +270,11 @@ class LakeSink(RowSink):
         return SinkResult(len(items))
 
     def new_chunk(self, max_rows: int, max_bytes: int) -> PackedRows:
-        """What the delivery buffer fills for this sink: rows compressed as they arrive."""
-        return PackedRows(self.writer.config.gzip_level, min(max_bytes, self.writer.config.max_object_bytes), max_rows)
+        """What the delivery buffer fills for this sink: rows compressed as they arrive, up to
+        one object's worth (LAKE_MAX_OBJECT_BYTES of NDJSON) and `max_bytes` compressed. A
+        chunk is one object per hour, so at 25,000 events/s a flush interval is one object
+        per table per worker, not one per 32 MiB of NDJSON."""
+        return PackedRows(self.writer.config.gzip_level, self.writer.config.max_object_bytes, max_rows, max_bytes)
 
     def drop(self, tables: list[str]) -> list[str]:
         return self.writer.drop(tables)

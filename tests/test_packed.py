@@ -79,6 +79,24 @@ def test_chunk_keeps_to_its_raw_size_cap_but_always_takes_one_row():
     assert gzip.decompress(fresh.objects()[0][1]) == huge[0][1] + b"\n"
 
 
+def test_chunk_keeps_to_its_compressed_size_cap_batch_max_bytes():
+    """Lakes count BATCH_MAX_BYTES compressed: a chunk closes once it holds that much gzip,
+    not after that much NDJSON (which would cut one object per flush into several). The
+    compressor emits in blocks, so the count lags what was added: a chunk closes at the
+    first add that finds the cap reached."""
+    rows = lines(20000)
+    raw = sum(len(line) + 1 for _, line in rows)
+    chunk = PackedRows(level=6, max_packed_bytes=4096)
+    taken = 0
+    while not chunk.full:
+        got = chunk.add(rows[taken : taken + 50])
+        assert got
+        taken += got
+    assert chunk.nbytes >= 4096 and chunk.raw_bytes > 4096  # more NDJSON than the cap: it counts gzip
+    assert chunk.add(rows[taken:]) == 0
+    assert taken < len(rows) and raw > chunk.raw_bytes
+
+
 def test_pieces_give_back_every_row_in_bounded_pieces():
     rows = lines(3000)
     chunk = PackedRows()

@@ -2,13 +2,13 @@
 
 A segment holds one frame per request, written back to back:
 
-    magic   4 bytes   b"\\xf0WAZ": the payload is zlib-compressed (level 1); b"\\xf0WAL": stored as is
+    magic   4 bytes   b"\\xf0WAZ": the payload is a zlib stream (ISA-L level 1); b"\\xf0WAL": stored as is
     length  uint32    stored payload bytes
     index   uint32    the record's number within this segment: 0, 1, 2, ...
     crc     uint32    CRC-32 of length, index and stored payload
 
-(big-endian), then the payload (destinations/wal/payload.py). Compression costs about 65 us
-per 50-event browser batch and makes the frame about 7 times smaller, and bytes are what an
+(big-endian), then the payload (destinations/wal/payload.py). Compression (core/codec.py
+`deflate`) costs about 50 us per 50-event browser batch and makes the frame about 7 times smaller, and bytes are what an
 fsync has to push to the disk (see docs/buffer.md, "Cost"). A reader trusts a frame only
 when its magic, length and checksum agree. At the first frame that does not, it has found
 a torn write (a crash in the middle of an append) or damage: it skips ahead to the next
@@ -29,10 +29,11 @@ from __future__ import annotations
 import errno
 import os
 import struct
-import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from core import codec
 
 MAGIC = b"\xf0WAL"  # 0xF0 'W' never occurs in UTF-8 text, so neither marker hides inside a JSON payload
 ZMAGIC = b"\xf0WAZ"
@@ -64,13 +65,13 @@ class Packed:
 
 
 def pack(payload: bytes, compress: bool = True) -> Packed:
-    return Packed(zlib.compress(payload, LEVEL), True) if compress else Packed(payload, False)
+    return Packed(codec.deflate(payload, LEVEL), True) if compress else Packed(payload, False)
 
 
 def frame(index: int, payload: bytes | Packed, compress: bool = True) -> bytes:
     packed = payload if isinstance(payload, Packed) else pack(payload, compress)
     head = struct.pack(">II", len(packed.stored), index)
-    crc = struct.pack(">I", zlib.crc32(packed.stored, zlib.crc32(head)))
+    crc = struct.pack(">I", codec.crc32(packed.stored, codec.crc32(head)))
     return (ZMAGIC if packed.compressed else MAGIC) + head + crc + packed.stored
 
 
@@ -83,7 +84,7 @@ def _frame_at(data: bytes | memoryview, pos: int) -> tuple[int, int, bool] | Non
     if magic not in (MAGIC, ZMAGIC) or end > len(data):
         return None
     body = data[pos + HEADER.size : end]
-    if zlib.crc32(body, zlib.crc32(bytes(data[pos + 4 : pos + 12]))) != crc:
+    if codec.crc32(body, codec.crc32(bytes(data[pos + 4 : pos + 12]))) != crc:
         return None
     return index, end, magic == ZMAGIC
 
@@ -107,8 +108,8 @@ def scan(data: bytes) -> Scan:
             index, end, compressed = found
             stored = view[pos + HEADER.size : end]
             try:
-                out.records.append((index, zlib.decompress(stored) if compressed else bytes(stored)))
-            except zlib.error:  # checksummed yet not inflatable: only a bug writes that; count it as damage
+                out.records.append((index, codec.inflate(stored) if compressed else bytes(stored)))
+            except ValueError:  # checksummed yet not inflatable: only a bug writes that; count it as damage
                 out.damaged_bytes += end - pos
                 out.damaged_regions += 1
             pos = end
