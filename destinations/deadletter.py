@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.green import off_loop
 from core.settings import Settings
 from core.storage import free_bytes
 from destinations.rows import Row, json_safe
@@ -60,6 +61,21 @@ def encode_batch(destination: str, table: str, rows: list[Any], reason: str, att
         return (json.dumps(json_safe(line), ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
 
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write to a temporary name, fsync, rename: a reader never sees half a batch."""
+    tmp = path.parent / f".{path.name}.tmp"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 class DeadLetter:
     def __init__(self, directory: str, max_bytes: int = 1 << 30) -> None:
         self.root = Path(directory)
@@ -94,24 +110,21 @@ class DeadLetter:
     def put(self, destination: str, table: str, rows: list[Any], reason: str, attempts: int, encoded: bool = False) -> Path:
         """Spool one batch. `rows` are row dicts, or with `encoded` (hour, NDJSON line) pairs."""
         data = encode_batch(destination, table, rows, reason, attempts, encoded)
-        with self._lock:
+        with self._lock:  # reserve the room; the write itself happens outside the lock
             if self._current_size() + len(data) > self.max_bytes:
                 raise DeadLetterFull(f"dead letter spool is over DEAD_LETTER_MAX_BYTES ({self.max_bytes})")
-            folder = self.root / destination
-            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-            path = folder / f"{stamp}-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}.ndjson"
-            tmp = folder / f".{path.name}.tmp"
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-                with open(tmp, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(tmp, path)
-            except OSError as exc:
-                tmp.unlink(missing_ok=True)
-                raise DeadLetterFull(f"dead letter spool cannot be written: {exc.strerror}") from None
             self._size = self._current_size() + len(data)
+        folder = self.root / destination
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        path = folder / f"{stamp}-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}.ndjson"
+        try:
+            # Off the event loop: a large batch (a whole buffer spilled at once) takes a while to
+            # write and fsync, and the other requests of this worker need not wait for it.
+            off_loop(_write_atomically, path, data)
+        except OSError as exc:
+            with self._lock:
+                self._size = self._current_size() - len(data)
+            raise DeadLetterFull(f"dead letter spool cannot be written: {exc.strerror}") from None
         log.warning("spooled %d rows for %s/%s (%s)", len(rows), destination, table, reason.split(":", 1)[0])
         return path
 
