@@ -9,12 +9,29 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 from pathlib import Path
 
 from core.settings import ConfigError
 
 #: A directory with less free space than this cannot take even one request: refuse to start.
 MIN_FREE_BYTES = 1 << 20
+
+
+def write_atomically(path: Path, data: bytes | bytearray) -> None:
+    """Write `data` to a temporary name beside `path`, fsync it, rename it into place: a
+    reader sees the whole file or none of it. Raises OSError (the temporary file removed)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def free_bytes(path: str | Path) -> int:

@@ -25,7 +25,7 @@ from typing import Any
 
 from core.green import off_loop
 from core.settings import Settings
-from core.storage import free_bytes
+from core.storage import free_bytes, write_atomically
 from destinations.rows import Row, json_safe
 
 log = logging.getLogger(__name__)
@@ -59,21 +59,6 @@ def encode_batch(destination: str, table: str, rows: list[Any], reason: str, att
         return (json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
     except (TypeError, ValueError, RecursionError):
         return (json.dumps(json_safe(line), ensure_ascii=False, separators=(",", ":")) + "\n").encode()
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write to a temporary name, fsync, rename: a reader never sees half a batch."""
-    tmp = path.parent / f".{path.name}.tmp"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 class DeadLetter:
@@ -120,7 +105,7 @@ class DeadLetter:
         try:
             # Off the event loop: a large batch (a whole buffer spilled at once) takes a while to
             # write and fsync, and the other requests of this worker need not wait for it.
-            off_loop(_write_atomically, path, data)
+            off_loop(write_atomically, path, data)
         except OSError as exc:
             with self._lock:
                 self._size = self._current_size() - len(data)

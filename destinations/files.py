@@ -9,11 +9,11 @@ one file.
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 
 from core.green import off_loop
 from core.settings import Settings
+from core.storage import write_atomically
 from destinations.base import PermanentError, TransientError
 from destinations.lake import LakeConfig, LakeSink, LakeWriter
 
@@ -33,19 +33,11 @@ class LocalStore:
         off_loop(self._put, key, data)
 
     def _put(self, key: str, data: bytes | bytearray) -> None:
-        path = self._path(key)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
+            write_atomically(self._path(key), data)
         except PermissionError as exc:
             raise PermanentError(f"cannot write under DATA_DIR: {exc.strerror}") from None
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise TransientError(f"cannot write under DATA_DIR: {exc.strerror}") from None
 
     def ensure_container(self) -> None:
