@@ -51,6 +51,14 @@ FAULTY = "tests.support.faulty:make"
 ISOLATION: dict[str, dict[str, Any]] = {
     # key: DESTINATIONS, extra environment, whether the reply must be a 2xx (preflight), title
     "baseline": {"destinations": "mixpanel", "env": {}, "expect_ok": True, "title": "Mixpanel only (baseline)"},
+    # The same destination working, so the hang's own cost can be told from the row work any destination adds.
+    "healthy-batch": {
+        "destinations": f"mixpanel,{FAULTY}",
+        "env": {},
+        "fault": "up",
+        "expect_ok": True,
+        "title": "Mixpanel + faulty `up` (the same destination, healthy), batch delivery",
+    },
     "hang-batch": {
         "destinations": f"mixpanel,{FAULTY}",
         "env": {},
@@ -501,7 +509,7 @@ class Bench:
             shutil.rmtree(faulty_root, ignore_errors=True)
             faulty_root.mkdir(parents=True)
             control = faulty_root / "control"
-            control.write_text("hang\n")
+            control.write_text(case.get("fault", "hang") + "\n")
             env.update({"FAULTY_CONTROL": str(control), "FAULTY_DIR": str(faulty_root / "data")})
         (self.out / f"gunicorn-{tag}.log").unlink(missing_ok=True)  # one attempt per log
         server = procs.Gunicorn(env, self.out / f"gunicorn-{tag}.log", WORKERS)

@@ -326,7 +326,9 @@ def test_size_caps_answer_503_and_lose_nothing_acknowledged(env, tmp_path, mode)
     server = gunicorn(env, port, workers=2, log=tmp_path / "gunicorn.log")
     try:
         control.write_text("down")
-        load = run_load(f"{url}/track/", 600, 20, threads=4, run=f"cap-{mode}")
+        # Long enough to span several failing flushes (BATCH_MAX_SECONDS=0.5) however fast the
+        # machine: the caps are reached, and refusals begin, only once flushes have failed.
+        load = run_load(f"{url}/track/", 2000, 20, threads=4, run=f"cap-{mode}")
         assert load.statuses.get(503, 0) > 0 and load.statuses.get(200, 0) > 0, load.statuses
         health = health_of_a_refusing_worker(url, load)
         assert health.status_code == 503 and health.json()["ready"] is False, health.text
