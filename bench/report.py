@@ -394,7 +394,7 @@ def soak_growth(soak: dict, peak: bool = False) -> float | None:
 # --- isolation: a destination that never answers ---------------------------------------------------
 
 
-ISOLATION_KEYS = ("baseline", "hang-batch", "hang-sync")  # (a), (b), (c): bench/harness.py ISOLATION
+ISOLATION_KEYS = ("baseline", "hang-batch", "hang-sync", "healthy-batch")  # (a)-(d): bench/harness.py ISOLATION
 
 
 def _statuses(run: dict) -> str:
@@ -443,7 +443,8 @@ def render_isolation(iso: dict, matrix: list[dict] | None = None) -> list[str]:
         "`tests/support/faulty.py` (`DESTINATIONS=mixpanel,tests.support.faulty:make`, `FAULTY_CONTROL` = a file "
         "containing `hang`): its write never returns until the file changes. It keeps hanging through the measured "
         "window and the proxy's drain on SIGTERM, and is switched back to `up` only once the proxy has stopped. "
-        "Mixpanel forwarding is synchronous in all three runs (it is not a row destination, `DELIVERY` does not apply "
+        "(d) is the same destination working (`up`), to tell the hang's own cost from the row work any destination adds. "
+        "Mixpanel forwarding is synchronous in all runs (it is not a row destination, `DELIVERY` does not apply "
         "to it). Defaults: `DESTINATION_TIMEOUT_SECONDS` "
         f"{defaults.get('DESTINATION_TIMEOUT_SECONDS', 15):g} s per attempt, `RETRY_MAX_ATTEMPTS` "
         f"{defaults.get('RETRY_MAX_ATTEMPTS', 5)}, `RETRY_MAX_SECONDS` {defaults.get('RETRY_MAX_SECONDS', 30):g} s, "
@@ -464,7 +465,7 @@ def render_isolation(iso: dict, matrix: list[dict] | None = None) -> list[str]:
         "| rows neither written nor dead-lettered | stop s |"
     )
     w("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---:|---:|---:|---:|")
-    for letter, key in zip("abc", ISOLATION_KEYS, strict=True):
+    for letter, key in zip("abcd", ISOLATION_KEYS, strict=True):
         r = runs.get(key)
         if r is None:
             continue
@@ -486,7 +487,7 @@ def render_isolation(iso: dict, matrix: list[dict] | None = None) -> list[str]:
     w("")
     reasons = [
         f"({letter}) " + ", ".join(f"`{why}` {n:,}" for why, n in runs[key]["spooled_reasons"].items())
-        for letter, key in zip("abc", ISOLATION_KEYS, strict=True)
+        for letter, key in zip("abcd", ISOLATION_KEYS, strict=True)
         if (runs.get(key) or {}).get("spooled_reasons")
     ]
     if reasons:
