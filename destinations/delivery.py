@@ -243,13 +243,14 @@ class RowDestination:
         failing destination still holds in memory."""
         if self.config.mode == "sync" or self._stop.is_set():
             return None
-        with self._lock:
-            buffered = self._buffer.bytes
-            flushing = sum(chunk.nbytes for _table, chunk in self._inflight.values())
-        fits = buffered + size <= self.config.max_buffer_bytes
+        # Every request asks: the common answer needs one read, no lock and no sum over flushes.
+        fits = self._buffer.bytes + size <= self.config.max_buffer_bytes
         failing = self._stalled or self.state.state in ("retrying", "dead_lettering")
         if fits and (self.wal is not None or not failing):
             return None
+        with self._lock:
+            buffered = self._buffer.bytes
+            flushing = sum(chunk.nbytes for _table, chunk in self._inflight.values())
         refused = f"{self.name} cannot keep more rows: the destination is failing and the dead letter is full"
         if self.wal is None and self._stalled:
             return refused  # a flush already found the dead letter full: memory is all these rows have

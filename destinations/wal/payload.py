@@ -20,6 +20,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from core import codec
 from destinations.rows import RowBatch, dumps_row, hour_of
 
 
@@ -30,7 +31,7 @@ def encode(endpoint: str, destinations: list[str], rows: RowBatch | None, payloa
     if not records and not any(lines for _, lines in tables):
         return None
     head = {"e": endpoint, "d": destinations, "t": [[table, len(lines)] for table, lines in tables], "r": len(records)}
-    parts = [json.dumps(head, separators=(",", ":")).encode()]
+    parts = [codec.dumps(head)]
     for _, lines in tables:
         parts.extend(line for _, line in lines)
     parts.extend(records)
