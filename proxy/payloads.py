@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
+import orjson
+
 GZIP_MAGIC = b"\x1f\x8b"
 TRUE_FLAGS = {"1", "true"}
 # `cat a.gz b.gz` is one valid gzip body; a body of thousands of empty members is an attack.
@@ -165,8 +167,30 @@ def _utf8(raw: bytes, what: str) -> str:
     return _clean(text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass"))
 
 
+# orjson reads an integer beyond 64 bits as a float, silently: a body with a run of 19
+# digits anywhere (the shortest such integer, negative) is read by json.loads, exactly.
+_DIGITS_ONLY = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_LONG_DIGIT_RUN = b"0" * 19
+_MISS = object()
+
+
+def _fast(raw: bytes) -> Any:
+    """orjson's reading of `raw`, where it equals json.loads' (2-3x faster; bench/), or _MISS.
+    Whatever orjson refuses (NaN, 1e999, lone surrogates, CESU-8, a BOM, deep nesting,
+    invalid JSON) goes the exact way, which accepts, repairs or rejects it as always."""
+    if _LONG_DIGIT_RUN in raw.translate(_DIGITS_ONLY):
+        return _MISS
+    try:
+        return orjson.loads(raw)
+    except ValueError:  # orjson.JSONDecodeError
+        return _MISS
+
+
 def _loads(text: str | bytes, what: str) -> Any:
     if isinstance(text, bytes):
+        value = _fast(text)
+        if value is not _MISS:
+            return value
         text = _utf8(text, what)
     try:
         return _json(text)
@@ -175,6 +199,9 @@ def _loads(text: str | bytes, what: str) -> Any:
 
 
 def _loads_json_or_ndjson(body: bytes) -> Any:
+    value = _fast(body)
+    if value is not _MISS:
+        return value
     text = _utf8(body, "body")
     try:
         return _json(text)
@@ -213,6 +240,8 @@ def decode_data_value(value: str) -> Any:
 
 
 _FORM_ESCAPES = ((b"%2B", b"+"), (b"%2F", b"/"), (b"%3D", b"="))  # encodeURIComponent's, upper case
+_FORM_ESCAPE = {e[1:]: c for escape, c in _FORM_ESCAPES for e in (escape, escape.lower())}
+_FEW_ESCAPES = 64
 
 
 def _fast_base64_form(body: bytes) -> bytes | None:
@@ -224,7 +253,20 @@ def _fast_base64_form(body: bytes) -> bytes | None:
     if not body.startswith(b"data="):
         return None
     value = body[5:]
-    if b"%" in value:
+    escapes = value.count(b"%")
+    if escapes and escapes <= _FEW_ESCAPES:
+        # Base64 of ASCII JSON holds few `+` and `/` (only `>`, `?`, `~` and DEL at one
+        # position of three make them): unescape around the `%`s rather than scan the body
+        # once per escape, three times the cost here.
+        head, *rest = value.split(b"%")
+        parts = [head]
+        for part in rest:
+            char = _FORM_ESCAPE.get(part[:2])
+            if char is None:
+                return None
+            parts += (char, part[2:])
+        value = b"".join(parts)
+    elif escapes:
         for escape, char in _FORM_ESCAPES:
             value = value.replace(escape, char)
         if b"%" in value:

@@ -186,3 +186,30 @@ def test_the_fast_browser_path_decodes_exactly_like_the_form_parser(body):
     fields = dict(parse_qsl(body.decode(), keep_blank_values=True))
     # What decode() does with the fast path's bytes, against the general form path.
     assert outcome(lambda: _loads(fast, "data")) == outcome(lambda: decode_data_value(fields["data"]))
+
+
+# --- the C JSON reader (orjson) against the exact one (json.loads) -------------------------
+
+exact_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.sampled_from([2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 2**64 - 1, 2**64, -(10**18) - 1, 10**19])
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=exact_json, ascii_only=st.booleans())
+def test_the_fast_reader_gives_exactly_what_json_loads_gives(value, ascii_only) -> None:
+    """Every value, types included (an integer beyond 64 bits stays an exact int, never a
+    float), and floats to the bit, escaped or raw UTF-8."""
+    from proxy.payloads import _loads
+
+    raw = json.dumps(value, ensure_ascii=ascii_only).encode()
+    got = _loads(raw, "body")
+    assert repr(got) == repr(json.loads(raw))
