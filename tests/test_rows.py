@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core.records import Record, normalize
 from core.settings import ConfigError, Settings
+from destinations import rows
 from destinations.rows import RowBatch, cast, dumps_row, insert_id, json_safe, parse_time, to_rows
 from destinations.schema import Column, build_schemas, parse_extra_columns
 
@@ -408,3 +411,16 @@ def test_end_to_end_records_become_exactly_these_rows_in_local_files(make_app, t
         at = parse_time(received.pop())
         records = normalize(endpoint, items, client_ip="9.9.9.9", ip_enabled=True, token=None, received_at=at)
         assert landed[table] == to_rows(records, schemas()).tables[table]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    seconds=st.floats(min_value=rows.MIN_EPOCH, max_value=rows.MAX_EPOCH)
+    | st.integers(min_value=1_500_000_000_000, max_value=2_000_000_000_000).map(lambda ms: ms / 1000)
+    | st.integers(min_value=0, max_value=10**7).map(lambda us: 1_733_000_000 + us / 1e6)
+)
+def test_timestamps_are_the_instant_datetime_makes_of_them(seconds: float) -> None:
+    """The per-second cache and the split into microseconds round exactly as datetime does."""
+    m = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds)
+    expected = f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}.{m.microsecond:06d}Z"
+    assert rows.format_timestamp(seconds) == expected
