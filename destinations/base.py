@@ -87,6 +87,9 @@ class Destination(Protocol):
     timeout: float
     #: Whether this destination reads `ingest.rows` (the row model), built once per request.
     needs_rows: bool
+    #: Whether write() waits on a remote service. dispatch() runs those concurrently, each in
+    #: a greenlet of its own; a write that only buffers runs in the request's own greenlet.
+    waits_on_io: bool
 
     def write(self, ingest: Ingest) -> WriteResult: ...
 

@@ -219,6 +219,11 @@ class RowDestination:
             return result
         return self._enqueue([(table, items, size, ticket, 0) for table, items, size in tables], started)
 
+    @property
+    def waits_on_io(self) -> bool:
+        """Batch delivery only buffers; sync delivery, and writes once draining began, go out now."""
+        return self.config.mode == "sync" or self._stop.is_set()
+
     def attach(self, wal: Any) -> None:
         """Buffer rows against the write-ahead log: hold them per record, acknowledge them
         once delivered (see destinations/wal)."""

@@ -229,6 +229,7 @@ class MixpanelDestination:
 
     name = "mixpanel"
     needs_rows = False
+    waits_on_io = True
 
     def __init__(self, settings: Settings, client: MixpanelClient) -> None:
         self.client = client

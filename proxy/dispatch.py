@@ -1,9 +1,11 @@
 """dispatch(): hand one request's records to every destination at once.
 
-One task per destination on the worker's bounded pool (core/green.py), each under its
-own deadline. A destination that raises or hangs yields an `error` WriteResult for
-itself only; the others' results and the reply never wait longer than the slowest
-deadline.
+A destination that waits on a remote service (Mixpanel, any destination with
+DELIVERY=sync) gets a task of its own on the worker's bounded pool (core/green.py); one
+that only buffers (batch delivery) is called in the request's greenlet. Each call runs
+under its destination's deadline. A destination that raises or hangs yields an `error`
+WriteResult for itself only; the others' results and the reply never wait longer than
+the slowest deadline.
 """
 
 from __future__ import annotations
@@ -39,6 +41,18 @@ def _guarded(destination: Destination, ingest: Ingest) -> WriteResult:
 
 
 def dispatch(ingest: Ingest, destinations: Sequence[Destination]) -> list[WriteResult]:
-    if not destinations:
-        return []
-    return green.run_all([lambda d=d: _guarded(d, ingest) for d in destinations])
+    """Every destination's result, in the order given. Writes that only buffer run here, one
+    after another (a greenlet each would cost more than the write); the ones that wait on a
+    remote service run concurrently."""
+    results: list[WriteResult | None] = [None] * len(destinations)
+    waiting: list[int] = []
+    for index, destination in enumerate(destinations):
+        if destination.waits_on_io:
+            waiting.append(index)
+        else:
+            results[index] = _guarded(destination, ingest)
+    if waiting:
+        answers = green.run_all([lambda d=destinations[i]: _guarded(d, ingest) for i in waiting])
+        for index, answer in zip(waiting, answers):
+            results[index] = answer
+    return results  # type: ignore[return-value] - every slot is filled
