@@ -20,8 +20,6 @@ it is the client's mistake, and a 5xx would page the operator for it.
 
 from __future__ import annotations
 
-import gc
-
 import logging
 from typing import Any
 
@@ -41,17 +39,10 @@ def _runtime(worker: Any) -> Any:
 
 
 def start(worker: Any) -> None:
-    """The worker serves: start adopting what stopped workers left in BUFFER_DIR. Then
-    everything loaded so far (modules, the app, the cloud SDKs: a few hundred thousand
-    objects that live as long as the worker) leaves the cyclic garbage collector's view
-    (`gc.freeze()`): each full collection would otherwise walk all of it again, while a
-    request's garbage is young and cheap. The frozen objects are never freed, which they
-    would not be anyway (bench/RESULTS.md measures the gain)."""
+    """The worker serves: start adopting what stopped workers left in BUFFER_DIR."""
     runtime = _runtime(worker)
     if runtime is not None:
         runtime.start()
-    gc.collect()
-    gc.freeze()
 
 
 def drain(worker: Any) -> None:
@@ -76,6 +67,14 @@ class DrainingGeventWorker(GeventWorker):
     def _drain_now(self) -> None:
         log.info("worker %s: stopping, draining buffers now", self.pid)
         drain(self)
+
+    def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
+        # Yield to the other connections once per request. A keep-alive client whose next
+        # request is already in the socket is otherwise served again and again while the
+        # others wait, whenever nothing in the request happens to block (an upstream answer
+        # already there).
+        green.sleep(0)
+        return super().handle_request(listener_name, req, sock, addr)
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         if isinstance(exc, UnsupportedTransferCoding):
