@@ -33,6 +33,11 @@ def patched() -> bool:
     return monkey.is_module_patched("socket")
 
 
+def unpatched(module: str, name: str) -> Any:
+    """The standard library's own `module.name`, even after gevent's monkey-patching."""
+    return monkey.get_original(module, name)
+
+
 class DeadlineExceeded(Exception):
     """Raised inside a `deadline()` block whose time ran out (unless it names its own error)."""
 

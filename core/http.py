@@ -25,12 +25,10 @@ from urllib.parse import urlsplit
 
 import certifi
 
-try:  # the real select, even after gevent's monkey-patching: the liveness probe never waits
-    from gevent.monkey import get_original
+from core import green
 
-    _select = get_original("select", "select")
-except ImportError:  # pragma: no cover - gevent is a dependency; this keeps the module importable alone
-    from select import select as _select
+# The real select, even after monkey-patching: the liveness probe must not yield to the hub.
+_select = green.unpatched("select", "select")
 
 # Errors that mean "this exchange failed, the server may be fine": the caller retries.
 ERRORS = (http.client.HTTPException, OSError)
