@@ -44,6 +44,8 @@ from destinations.schema import TableSchema
 log = logging.getLogger(__name__)
 # /health asks whether a request of about this size would be refused (a 50-event browser batch).
 READINESS_PROBE_BYTES = 64 * 1024
+# How stale the buffer gauges (rows, bytes, oldest age) may be between flushes.
+GAUGE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -205,6 +207,7 @@ class RowDestination:
         self._buffer = self._empty_buffer()
         # A flush found neither the destination nor the dead letter taking rows.
         self._stalled = False
+        self._gauges_at = -float("inf")
 
     # -- the Destination contract ------------------------------------------------------
     def write(self, ingest: Ingest) -> WriteResult:
@@ -469,7 +472,7 @@ class RowDestination:
             # Flush early when the buffer is half full, so spilling is only for a destination that is down.
             pressure = min(self.config.max_bytes, self.config.max_buffer_bytes // 2)
             full = self._buffer.rows >= self.config.max_records or self._buffer.bytes >= pressure
-            self._publish_gauges()
+            self._publish_gauges(now)
         if late:
             result = self._write_now([(table, items, size) for table, items, size, _ticket, _first in entries], started)
             written = [(ticket, table, first, len(items)) for table, items, _size, ticket, first in entries if ticket is not None]
@@ -696,7 +699,14 @@ class RowDestination:
         metrics.DEAD_LETTERED.labels(self.name, reason.split(":", 1)[0]).inc(len(items))
         self.state.dead_lettered_rows += len(items)
 
-    def _publish_gauges(self) -> None:
+    def _publish_gauges(self, now: float | None = None) -> None:
+        """The buffer gauges. With `now` (a request's enqueue), at most every GAUGE_SECONDS:
+        in multiprocess mode each set is a write to a shared file, three per request
+        otherwise. Flushes always publish, so an emptied buffer shows at once."""
+        if now is not None:
+            if now - self._gauges_at < GAUGE_SECONDS:
+                return
+            self._gauges_at = now
         buffer = self._buffer
         metrics.BUFFER_ROWS.labels(self.name).set(buffer.rows)
         metrics.BUFFER_BYTES.labels(self.name).set(buffer.bytes)
