@@ -4,23 +4,26 @@ from __future__ import annotations
 
 from collections import Counter
 
-PROJECT_DIRS = ("proxy/", "destinations/", "app.py", "gunicorn.conf.py")
+PROJECT_DIRS = ("proxy/", "destinations/", "core/", "app.py", "gunicorn.conf.py")
 # Where busy time goes, by phase: the first rule whose every needle appears in a stack wins.
 PHASES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("upstream: gzip of the body (mixpanel.py write)", ("MixpanelDestination.write", "compress (gzip.py")),
+    ("upstream: gzip of the body (mixpanel.py write)", ("MixpanelDestination.write", "gzip (core/codec.py")),
     (
-        "upstream: JSON re-encode per event (mixpanel.py chunks)",
+        "upstream: JSON encode (mixpanel.py chunks)",
         ("MixpanelDestination.write", "chunks (destinations/mixpanel.py"),
     ),
-    ("upstream: requests/urllib3 + socket I/O", ("MixpanelDestination.write",)),
+    ("upstream: the HTTP call (core/http.py, http.client) + socket I/O", ("MixpanelDestination.write",)),
+    ("write-ahead buffer: append (frame, compress, write)", ("DiskBuffer.append",)),
+    ("write-ahead buffer: fsync rounds and waiting for them", ("WriteAheadLog.",)),
+    ("write-ahead buffer: fsync in gevent's thread pool", ("_fsync_all (destinations/wal/log.py",)),
     ("lake flush: NDJSON encode (lake.py encode_objects)", ("encode_objects", "dumps_row")),
     ("lake flush: gzip (lake.py _gzip)", ("_gzip (destinations/lake.py",)),
     ("lake flush: object write (put: files fsync / S3 PUT)", ("LakeWriter.write",)),
     ("lake flush: other", ("RowDestination.flush",)),
-    ("enqueue: dumps_row per row to size the buffer", ("_enqueue", "dumps_row")),
+    ("buffer: rows into the destination's buffer (delivery.py)", ("RowDestination.write",)),
     ("rows: to_rows / event_row", ("to_rows (destinations/rows.py",)),
     ("decode: form + base64 + JSON (payloads.py)", ("(proxy/payloads.py",)),
-    ("normalize (records.py)", ("normalize (proxy/records.py",)),
+    ("normalize (records.py)", ("normalize (core/records.py",)),
     ("reply JSON (replies.py)", ("(proxy/replies.py",)),
     ("metrics (prometheus_client)", ("prometheus_client/",)),
     ("request plumbing: gunicorn/werkzeug/flask/gevent", ()),
