@@ -53,6 +53,6 @@ def dispatch(ingest: Ingest, destinations: Sequence[Destination]) -> list[WriteR
             results[index] = _guarded(destination, ingest)
     if waiting:
         answers = green.run_all([lambda d=destinations[i]: _guarded(d, ingest) for i in waiting])
-        for index, answer in zip(waiting, answers):
+        for index, answer in zip(waiting, answers, strict=True):
             results[index] = answer
     return results  # type: ignore[return-value] - every slot is filled

@@ -79,7 +79,9 @@ def get(pool: http.ConnectionPool, path: str, read_timeout: float = 5.0) -> http
 
 def test_calls_one_after_another_share_one_connection(origin: Origin) -> None:
     pool = http.ConnectionPool(origin.url)
-    answers = [pool.request("POST", f"/n{i}", b"x" * 100, {"X-Echo": str(i)}, connect_timeout=5, read_timeout=5) for i in range(10)]
+    answers = [
+        pool.request("POST", f"/n{i}", b"x" * 100, {"X-Echo": str(i)}, connect_timeout=5, read_timeout=5) for i in range(10)
+    ]
     assert [(a.status, a.content, a.headers["x-echo"]) for a in answers] == [(200, f"/n{i}".encode(), str(i)) for i in range(10)]
     assert origin.distinct_connections() == 1
 
