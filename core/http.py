@@ -3,7 +3,7 @@
 Mixpanel forwarding makes one upstream call per SDK request, so the client's own CPU is
 on every request's path. http.client is the HTTP/1.1 implementation urllib3 itself is
 built on; used directly, with connections kept here, a call costs well under half of
-urllib3's (`bench/`: 173 vs 463 µs of CPU per call against the same server). urllib3 stays
+urllib3's (`python -m bench.micro`: 173-175 against 375-463 µs of CPU per call). urllib3 stays
 for what this pool does not do: outbound proxies (destinations/mixpanel.py).
 
 Cooperative under gevent once the worker is monkey-patched (sockets, ssl and select are
