@@ -85,11 +85,10 @@ class ConnectionPool:
         """One exchange; raises one of ERRORS when it fails (nothing is retried here)."""
         conn = self._checkout(connect_timeout)
         try:
-            if conn.sock is not None:
-                conn.sock.settimeout(read_timeout)
+            if conn.sock is None:
+                conn.connect()  # a fresh connection, under the connect timeout it was made with
+            conn.sock.settimeout(read_timeout)
             conn.request(method, target, body=body, headers={**self.headers, **(headers or {})})
-            if conn.sock is not None:  # a fresh connection was opened by request() with the connect timeout
-                conn.sock.settimeout(read_timeout)
             response = conn.getresponse()
             content = response.read()
         except BaseException:

@@ -115,7 +115,7 @@ class MixpanelClient:
         self.origin, self.base_path = f"{parts.scheme}://{parts.netloc}", parts.path  # MIXPANEL_API_HOST may have a path
         self.timeout = timeout
         # Resolved once (Settings.outbound_proxies): the proxy for Mixpanel's scheme, if any.
-        self.proxy = dict(proxies or {}).get(parse_url(self.base_url).scheme or "https")
+        self.proxy = dict(proxies or {}).get(parts.scheme or "https")
         self._direct = None if self.proxy else ConnectionPool(self.base_url, headers={"User-Agent": USER_AGENT})
         self._proxied: urllib3.ProxyManager | None = None
         self._lock = threading.Lock()
