@@ -6,7 +6,9 @@
   (bench/procs.py) through urllib3 (what Mixpanel forwarding used) and through core/http.py;
 * reading one mixpanel-browser batch (bench/payloads.py, 50 events): the exact path alone
   (json.loads and its repairs) against `proxy.payloads._loads`, which tries orjson first;
-* `destinations.rows.format_timestamp`, against formatting the same instant by hand.
+* `destinations.rows.format_timestamp`, against formatting the same instant by hand;
+* then, in a process of its own (it must be monkey-patched first), bench/wal_rounds.py: the
+  write-ahead log's fsync rounds under a busy gevent loop.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -51,6 +55,7 @@ def main() -> None:
     upstream(args.calls)
     decode(args.calls)
     timestamps(args.calls)
+    subprocess.run([sys.executable, "-m", "bench.wal_rounds"], check=True)
 
 
 def decode(calls: int) -> None:

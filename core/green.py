@@ -1,4 +1,5 @@
-"""The one place that knows about gevent: spawning, deadlines, sleeping, off-loop work.
+"""The one place that knows about gevent: spawning, deadlines, sleeping, off-loop work,
+and the few OS threads that must not be greenlets.
 
 Under gunicorn's gevent worker the process is monkey-patched, so `threading` and
 `time.sleep` are already cooperative and a `deadline()` interrupts a blocked socket
@@ -67,6 +68,54 @@ def spawn(function: Callable[..., Any], *args: Any) -> gevent.Greenlet:
     greenlet = gevent.spawn(function, *args)
     greenlet.link_exception(lambda g: log.error("%s failed: %r", getattr(function, "__name__", function), g.exception))
     return greenlet
+
+
+def native_lock() -> Any:
+    """A lock of the operating system, not gevent's: for state shared with a `NativeThread`.
+    A greenlet that blocks on it blocks its whole worker, so hold it for a few statements
+    only, and never across anything that can yield to gevent (I/O, logging, sleeping)."""
+    return unpatched("_thread", "allocate_lock")()
+
+
+def native_sleep(seconds: float) -> None:
+    """Sleep in a `NativeThread` (gevent's sleep there would start an event loop of its own)."""
+    unpatched("time", "sleep")(seconds)
+
+
+class NativeThread:
+    """An OS thread even where gevent has patched `threading` (there, a Thread is a greenlet).
+    For work that must keep its own time however busy the event loop is: a greenlet's timer
+    fires only once every greenlet ready to run has had its turn. The thread needs the GIL
+    only for its Python statements; waiting (`native_sleep`, a `native_lock`, a syscall such
+    as fsync) releases it. To wake a greenlet from it, set a `threading.Event`: patched, that
+    is gevent's, whose `set()` from another thread wakes its waiters in their own loop."""
+
+    def __init__(self, target: Callable[[], None], name: str) -> None:
+        self.name = name
+        self._target = target
+        self._finished = native_lock()
+        self._finished.acquire()
+        unpatched("_thread", "start_new_thread")(self._run, ())
+
+    def _run(self) -> None:
+        try:
+            self._target()
+        except BaseException:  # noqa: BLE001 - nothing above this frame would report it
+            log.exception("thread %s failed", self.name)
+        finally:
+            self._finished.release()
+
+    @property
+    def alive(self) -> bool:
+        return self._finished.locked()
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the thread to end (blocking this whole worker, so
+        only at shutdown); whether it did."""
+        if self._finished.acquire(timeout=timeout):
+            self._finished.release()
+            return True
+        return False
 
 
 def off_loop(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -5,6 +5,7 @@ What a real SIGKILL and a real full disk do under gunicorn is in tests/test_wal_
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import pytest
 
 from core import metrics
 from core.settings import ConfigError, Settings
-from destinations.wal.log import LOCK
+from destinations.wal import BufferFull
+from destinations.wal.log import LOCK, BufferConfig, WriteAheadLog
 from destinations.wal.payload import decode
 from destinations.wal.segments import SegmentFile, ack_lines, frame, read_acks, remaining, scan
 from tests.support import files
@@ -85,6 +87,70 @@ def test_acknowledged_pieces_are_subtracted(tmp_path):
     assert remaining(10, acks[("files", 0, "events")]) == []
     assert remaining(10, acks[("files", 1, "events")]) == [(3, 4)]
     assert remaining(5, acks.get(("files", 2, "events"), [])) == [(0, 5)]
+
+
+# --- durability: the fsync rounds ------------------------------------------------------------------
+
+
+def fsync_rounds() -> float:
+    return next(s.value for m in metrics.FSYNC_SECONDS.collect() for s in m.samples if s.name.endswith("_count"))
+
+
+def test_a_request_waits_for_the_round_that_covers_its_frame(tmp_path):
+    wal = WriteAheadLog(BufferConfig(directory=str(tmp_path), fsync_ms=20))
+    before = fsync_rounds()
+    ticket = wal.append(b'{"a":1}')
+    ticket.release()
+    wal.wait_durable(ticket)
+    assert wal.synced >= ticket.position
+    assert fsync_rounds() >= before + 1
+    late = wal.append(b'{"b":2}')  # nobody waits for it: closing still syncs it
+    late.release()
+    wal.close()
+    assert wal.synced >= late.position
+    assert not (wal._syncer and wal._syncer.alive)
+
+
+def test_requests_within_one_interval_share_one_round(tmp_path):
+    import time
+
+    wal = WriteAheadLog(BufferConfig(directory=str(tmp_path), fsync_ms=1000))
+    first = wal.append(b'{"n":0}')
+    wal.wait_durable(first)  # the first round starts at once: nothing ran in the last interval
+    before = fsync_rounds()
+    tickets = []
+    for n in range(1, 6):  # arriving 50 ms apart, all within the interval
+        tickets.append(wal.append(b'{"n":%d}' % n))
+        time.sleep(0.05)
+    for ticket in tickets:
+        wal.wait_durable(ticket)
+        ticket.release()
+    first.release()
+    assert fsync_rounds() == before + 1  # five requests, one fsync round
+    wal.close()
+
+
+def test_a_failed_fsync_refuses_its_requests_and_the_log_moves_to_a_new_segment(tmp_path, monkeypatch):
+    wal_log = importlib.import_module("destinations.wal.log")
+
+    wal = WriteAheadLog(BufferConfig(directory=str(tmp_path), fsync_ms=0))
+    real = wal_log._fsync_all
+
+    def failing(fds):
+        monkeypatch.setattr(wal_log, "_fsync_all", real)  # the disk fails once
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(wal_log, "_fsync_all", failing)
+    doomed = wal.append(b'{"a":1}')
+    with pytest.raises(BufferFull) as refused:
+        wal.wait_durable(doomed)
+    assert refused.value.reason == "fsync_error"
+    doomed.release()
+    kept = wal.append(b'{"b":2}')
+    assert kept.segment is not doomed.segment and doomed.segment.sealed
+    wal.wait_durable(kept)  # the next round succeeds
+    kept.release()
+    wal.close()
 
 
 # --- in a running app ------------------------------------------------------------------------------

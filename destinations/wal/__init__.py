@@ -33,7 +33,7 @@ from destinations.wal.recovery import Recovery
 from destinations.wal.segments import BufferFull
 
 __all__ = ["BufferConfig", "BufferFull", "DiskBuffer", "Ticket", "config_from_settings", "open_buffer"]
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)  # not `log`: that name is the submodule destinations.wal.log
 
 
 def config_from_settings(settings: Settings) -> BufferConfig:
@@ -107,7 +107,7 @@ def open_buffer(settings: Settings, destinations: list[Any]) -> DiskBuffer | Non
         return None
     config = config_from_settings(settings)
     buffer = DiskBuffer(config, buffered)
-    log.info(
+    logger.info(
         "write-ahead buffer in %s (fsync %s, at most %d bytes) for %s",
         buffer.wal.home,
         fsync_name(config.fsync_ms),

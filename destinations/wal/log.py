@@ -15,6 +15,14 @@ segments written since its last round, and a request is answered only once a rou
 covering its frame has finished. With `always` rounds run back to back (group commit:
 every request that arrived during one fsync shares the next); with an interval in ms a
 round starts at most that often, so fewer fsyncs cost each reply up to that long.
+
+The syncer is an OS thread (core/green.py `NativeThread`), not a greenlet: under load a
+greenlet's timer or wake-up waits until every ready request has had its turn, which
+stretched a 10 ms interval to 15-20 ms and left workers idle while their requests
+waited (bench/micro.py `wal`). The thread keeps the interval on the clock, and fsync
+releases the GIL. Appenders hand it a duplicate of each segment's descriptor through a
+small native lock (`_sync_lock`), so the thread never touches the log's own lock, and it
+wakes the waiting requests by setting a gevent-aware event.
 """
 
 from __future__ import annotations
@@ -90,19 +98,25 @@ class WriteAheadLog:
         self.root = Path(config.directory)
         check_writable_dir(config.directory, "buffer_dir")
         self._lock = threading.Lock()
-        self._appended = threading.Condition(self._lock)  # the syncer waits for appends
-        self._durable = threading.Condition(self._lock)  # requests wait for a sync round
         self.segments: dict[int, Segment] = {}
         self._active: Segment | None = None
         self._seq = 0
         self.bytes = 0  # our segments (and adopted ones) on disk
         self.others = 0  # other workers' segments, as of the last scan
         self.written = 0  # log position: bytes appended since start
-        self.synced = 0  # position every byte before which is fsynced
-        self._dirty: set[Segment] = set()
-        self._dir_dirty = False
+        self._dir_dirty = False  # a segment was created since the directory was last handed to the syncer
         self._refusing: str | None = None
-        self._syncer: threading.Thread | None = None
+        # Shared with the syncer thread, under _sync_lock only:
+        self._sync_lock = green.native_lock()
+        self._pending: dict[int, tuple[Segment, int]] = {}  # seq -> (segment, a dup of its fd) for the next round
+        self._pending_dir = -1  # a dup of the directory's fd, when the next round must fsync it too
+        self._target = 0  # log position after the last frame handed over
+        self.synced = 0  # position every byte before which is fsynced
+        self._round_done = threading.Event()  # set (and replaced) as each round ends
+        self._wake = green.native_lock()  # released to wake a sleeping syncer
+        self._wake.acquire()
+        self._syncer_sleeping = False
+        self._syncer: green.NativeThread | None = None
         self._closed = False
         self._ack_error_logged = False
         try:
@@ -160,7 +174,7 @@ class WriteAheadLog:
                 raise BufferFull(f"the write-ahead buffer is full (BUFFER_MAX_BYTES={self.config.max_bytes})")
             segment = self._active
             try:
-                if segment is None or self._due_for_rotation(segment, need):
+                if segment is None or segment.broken or self._due_for_rotation(segment, need):
                     if segment is not None:
                         self._active = None
                         self._seal(segment)
@@ -179,10 +193,9 @@ class WriteAheadLog:
             segment.pins += 1
             self._refusing = None
             if self.config.fsync_ms is not None:
-                self._dirty.add(segment)
-                self._appended.notify()
+                self._hand_to_syncer(segment)
             ticket = Ticket(self, segment, index, self.written)
-        if self.config.fsync_ms is not None and (self._syncer is None or not self._syncer.is_alive()):
+        if self.config.fsync_ms is not None and (self._syncer is None or not self._syncer.alive):
             self._start_syncer()
         return ticket
 
@@ -192,84 +205,100 @@ class WriteAheadLog:
         return segment.size + need > self.config.segment_bytes or time.time() - segment.created > self.config.segment_seconds
 
     def _seal(self, segment: Segment) -> None:
-        """No more appends; close the file unless the syncer still has to fsync it."""
+        """No more appends; close the file (the syncer fsyncs its own duplicate of it)."""
         segment.sealed = True
-        if segment.file is not None and segment not in self._dirty:
+        if segment.file is not None:
             segment.file.close()
             segment.file = None
         self._maybe_delete(segment)
 
     # -- durability ------------------------------------------------------------------------------
+    def _hand_to_syncer(self, segment: Segment) -> None:
+        """Make the next round cover everything appended so far (called under self._lock)."""
+        assert segment.file is not None
+        with self._sync_lock:
+            if segment.seq not in self._pending:
+                self._pending[segment.seq] = (segment, os.dup(segment.file.fd))
+            if self._dir_dirty and self._pending_dir < 0:
+                self._pending_dir = os.dup(self._dir_fd)  # a new segment's name must survive a crash too
+            self._dir_dirty = False
+            self._target = self.written
+            self._wake_syncer()
+
+    def _wake_syncer(self) -> None:
+        """(under self._sync_lock)"""
+        if self._syncer_sleeping:
+            self._syncer_sleeping = False
+            self._wake.release()
+
     def wait_durable(self, ticket: Ticket) -> None:
         """Return once the ticket's frame is as durable as BUFFER_FSYNC asks; raise BufferFull
         if its fsync failed."""
         if self.config.fsync_ms is None:
             return
-        with self._lock:
-            while self.synced < ticket.position and not ticket.segment.broken:
-                self._durable.wait(1.0)
-            if ticket.segment.broken:
-                raise BufferFull("the write-ahead buffer could not fsync this request's rows", "fsync_error")
+        while True:
+            with self._sync_lock:
+                if self.synced >= ticket.position or ticket.segment.broken:
+                    break
+                done = self._round_done
+            done.wait(1.0)
+        if ticket.segment.broken:
+            raise BufferFull("the write-ahead buffer could not fsync this request's rows", "fsync_error")
 
     def _start_syncer(self) -> None:
-        with self._lock:
-            if self._syncer is not None and self._syncer.is_alive():
+        with self._sync_lock:
+            if self._syncer is not None and self._syncer.alive:
                 return
-            self._syncer = threading.Thread(target=self._sync_loop, name="wal-fsync", daemon=True)
-            self._syncer.start()
+            self._syncer = green.NativeThread(self._sync_loop, "wal-fsync")
 
     def _sync_loop(self) -> None:
+        """The syncer thread: a round as soon as there is something to fsync, but rounds start
+        at most once per BUFFER_FSYNC interval. Ends once the log is closed and all is synced."""
         interval = (self.config.fsync_ms or 0) / 1000
-        last = 0.0
+        started = float("-inf")
         while True:
-            with self._lock:
-                while self.synced >= self.written and not self._closed:
-                    self._appended.wait(1.0)
-                if self.synced >= self.written:
+            with self._sync_lock:
+                idle = not self._pending and self._pending_dir < 0
+                if idle and self._closed:
                     return
-            pause = last + interval - time.monotonic()
+                self._syncer_sleeping = idle
+            if idle:
+                self._wake.acquire(timeout=1.0)
+                continue
+            pause = started + interval - time.monotonic()
             if pause > 0:
-                green.sleep(pause)  # let more requests join this round
+                green.native_sleep(pause)  # let more requests join this round
+            started = time.monotonic()
             try:
                 self._sync_round()
             except Exception:  # noqa: BLE001 - the syncer must outlive any one failure
                 log.exception("write-ahead buffer: fsync round failed")
-                time.sleep(0.05)
-            last = time.monotonic()
+                green.native_sleep(0.05)
 
     def _sync_round(self) -> None:
-        with self._lock:
-            target = self.written
-            batch = [s for s in self._dirty if s.file is not None]
-            self._dirty.clear()
-            fds = [os.dup(s.file.fd) for s in batch if s.file is not None]
-            for segment in batch:  # the dups keep them open for this round
-                if (segment.sealed or segment.deleted) and segment.file is not None:
-                    segment.file.close()
-                    segment.file = None
-            if self._dir_dirty:
-                fds.append(os.dup(self._dir_fd))
-                self._dir_dirty = False
-        started = time.monotonic()
+        with self._sync_lock:
+            pending, self._pending = self._pending, {}
+            dir_fd, self._pending_dir = self._pending_dir, -1
+            target = self._target
+        fds = [fd for _, fd in pending.values()] + ([dir_fd] if dir_fd >= 0 else [])
+        began = time.monotonic()
         error: OSError | None = None
         try:
-            green.off_loop(_fsync_all, fds)
+            _fsync_all(fds)  # the GIL is released while fsync runs
         except OSError as exc:
             error = exc
         finally:
             for fd in fds:
                 os.close(fd)
-        metrics.FSYNC_SECONDS.observe(time.monotonic() - started)
-        with self._lock:
-            if error is not None:
-                log.error("write-ahead buffer: fsync failed (%s); the requests it covered are answered 503", error.strerror)
-                for segment in batch:
-                    segment.broken = True
-                if self._active is not None and self._active in batch:
-                    self._seal(self._active)
-                    self._active = None
+        metrics.FSYNC_SECONDS.observe(time.monotonic() - began)
+        if error is not None:
+            log.error("write-ahead buffer: fsync failed (%s); the requests it covered are answered 503", error.strerror)
+            for segment, _ in pending.values():
+                segment.broken = True  # its waiters answer 503; the next append starts a new segment
+        with self._sync_lock:
             self.synced = max(self.synced, target)
-            self._durable.notify_all()
+            done, self._round_done = self._round_done, threading.Event()
+        done.set()
 
     # -- what destinations hold and acknowledge ----------------------------------------------------
     def hold(self, pieces: list[tuple[Ticket, int]]) -> None:
@@ -329,7 +358,7 @@ class WriteAheadLog:
         if segment.ack_fd >= 0:
             os.close(segment.ack_fd)
             segment.ack_fd = -1
-        if segment.file is not None and segment not in self._dirty:
+        if segment.file is not None:
             segment.file.close()
             segment.file = None
         self.bytes -= segment.size
@@ -406,10 +435,10 @@ class WriteAheadLog:
             if self._active is not None:
                 active, self._active = self._active, None
                 self._seal(active)
-            self._appended.notify_all()
-            self._durable.notify_all()
-        if self._syncer is not None:
-            self._syncer.join(10)
+        with self._sync_lock:
+            self._wake_syncer()  # it syncs what is pending, then ends
+        if self._syncer is not None and not self._syncer.join(10):
+            log.warning("write-ahead buffer: the last fsync round did not finish within 10 s")
         with self._lock:
             for segment in list(self.segments.values()):
                 if segment.file is not None:
