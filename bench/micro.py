@@ -4,8 +4,9 @@
 
 * the upstream call: the same gzip'd 50-event body POSTed to the nginx Mixpanel double's /track
   (bench/procs.py) through urllib3 (what Mixpanel forwarding used) and through core/http.py;
-* reading one mixpanel-browser batch (bench/payloads.py, 50 events): the exact path alone
-  (json.loads and its repairs) against `proxy.payloads._loads`, which tries orjson first;
+* reading one mixpanel-browser batch (bench/payloads.py, 50 events): its base64 through the
+  standard library and through pybase64; the exact path alone (json.loads and its repairs)
+  against `proxy.payloads._loads`, which tries orjson first;
 * `destinations.rows.format_timestamp`, against formatting the same instant by hand;
 * then, in a process of its own (it must be monkey-patched first), bench/wal_rounds.py: the
   write-ahead log's fsync rounds under a busy gevent loop.
@@ -14,6 +15,8 @@
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import gzip
 import json
 import subprocess
@@ -24,6 +27,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pybase64
 import urllib3
 
 from bench import payloads, procs
@@ -63,6 +67,9 @@ def decode(calls: int) -> None:
         line = Path(payloads.generate(Path(scratch))["browser"]["path"]).read_text().splitlines()[0]
     raw = decoding._fast_base64_form(line.encode())
     assert raw is not None
+    encoded = base64.b64encode(raw)
+    report("browser batch: base64, binascii strict", lambda: binascii.a2b_base64(encoded, strict_mode=True), calls)
+    report("browser batch: base64, pybase64", lambda: pybase64.b64decode(encoded, validate=True), calls)
     report("browser batch: json.loads path", lambda: decoding._json(decoding._utf8(raw, "data")), calls)
     report("browser batch: _loads (orjson where exact)", lambda: decoding._loads(raw, "data"), calls)
 

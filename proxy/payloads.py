@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
+import pybase64
 
 GZIP_MAGIC = b"\x1f\x8b"
 TRUE_FLAGS = {"1", "true"}
@@ -248,7 +249,7 @@ def _fast_base64_form(body: bytes) -> bytes | None:
     """The browser SDK's body, `data=<percent-encoded base64>` and nothing else, decoded
     without a general form parser (the hot path). None when the body is anything else.
     Equivalent to the general path: a raw `+` would be a space there, turned back into `+`.
-    `a2b_base64` in strict mode is the validation: anything but the base64 alphabet
+    Strict base64 is the validation: anything but the base64 alphabet
     (another field's `&`, a stray escape) sends the body down the general path."""
     if not body.startswith(b"data="):
         return None
@@ -275,6 +276,13 @@ def _fast_base64_form(body: bytes) -> bytes | None:
             if b"%" in value:
                 return None
     value += b"=" * (-len(value.rstrip(b"=")) % 4) if len(value) % 4 else b""
+    try:
+        # SIMD base64: 2 us where a2b_base64 takes 118 us for a 50-event batch (bench/micro.py).
+        # It accepts a subset of what strict a2b_base64 does, with the same result
+        # (tests/test_property.py); the rest, e.g. excess padding, is a2b_base64's to judge.
+        return pybase64.b64decode(value, validate=True)
+    except ValueError:
+        pass
     try:
         return binascii.a2b_base64(value, strict_mode=True)
     except (binascii.Error, ValueError):

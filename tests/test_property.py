@@ -188,6 +188,33 @@ def test_the_fast_browser_path_decodes_exactly_like_the_form_parser(body):
     assert outcome(lambda: _loads(fast, "data")) == outcome(lambda: decode_data_value(fields["data"]))
 
 
+base64ish = st.text(
+    alphabet=st.sampled_from("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/" + "=" * 8 + "-_ \n&%*"),
+    max_size=40,
+).map(str.encode)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(base64ish)
+def test_simd_base64_accepts_only_what_strict_base64_accepts_and_decodes_it_alike(text):
+    """The fast path tries pybase64 first and falls back to a2b_base64(strict_mode=True):
+    safe only if pybase64 never takes what the strict decoder refuses, nor reads it differently."""
+    import binascii
+
+    import pybase64
+
+    try:
+        strict = binascii.a2b_base64(text, strict_mode=True)
+    except binascii.Error:
+        strict = None
+    try:
+        simd = pybase64.b64decode(text, validate=True)
+    except ValueError:
+        event("pybase64 refuses")
+        return
+    assert simd == strict
+
+
 # --- the C JSON reader (orjson) against the exact one (json.loads) -------------------------
 
 exact_json = st.recursive(
