@@ -14,8 +14,11 @@ PHASES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     ("upstream: the HTTP call (core/http.py, http.client) + socket I/O", ("MixpanelDestination.write",)),
     ("write-ahead buffer: append (frame, compress, write)", ("DiskBuffer.append",)),
+    (
+        "write-ahead buffer: fsync syscalls (its own OS thread, off the GIL; mostly waiting on the disk)",
+        ("_fsync_all (destinations/wal/log.py",),
+    ),
     ("write-ahead buffer: fsync rounds and waiting for them", ("WriteAheadLog.",)),
-    ("write-ahead buffer: fsync in gevent's thread pool", ("_fsync_all (destinations/wal/log.py",)),
     ("lake flush: NDJSON encode (lake.py encode_objects)", ("encode_objects", "dumps_row")),
     ("lake flush: gzip (lake.py _gzip)", ("_gzip (destinations/lake.py",)),
     ("lake flush: object write (put: files fsync / S3 PUT)", ("LakeWriter.write",)),
@@ -28,6 +31,12 @@ PHASES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("metrics (prometheus_client)", ("prometheus_client/",)),
     ("request plumbing: gunicorn/werkzeug/flask/gevent", ()),
 )
+
+
+# Leaf frames of an OS thread that is waiting, not working: py-spy's --nonblocking mode
+# records them although the thread holds no CPU (the write-ahead log's syncer sleeping out
+# its interval, or blocked on its wake-up lock). They are idle time, like the gevent hub in epoll.
+IDLE_LEAVES = ("native_sleep (core/green.py", "WriteAheadLog._sync_loop (destinations/wal/log.py")
 
 
 def _frames(stack: str) -> list[str]:
@@ -50,7 +59,7 @@ def summarize(raw: str, top: int = 15) -> dict:
             continue
         count = int(count_text)
         frames = _frames(stack)
-        if not frames:
+        if not frames or frames[-1].startswith(IDLE_LEAVES):
             continue
         total += count
         self_counts[frames[-1]] += count
