@@ -579,9 +579,13 @@ class Bench:
         try:
             io_before = procs.io_write_bytes(server.all_pids())
             fsyncs_before = metric(server.url, "mpproxy_disk_buffer_fsync_seconds_count")
+            fsync_seconds_before = metric(server.url, "mpproxy_disk_buffer_fsync_seconds_sum")
             result = self.measure(server.url, scenario, tag, server.all_pids)
             result["disk_write_bytes"] = procs.io_write_bytes(server.all_pids()) - io_before
             result["fsync_rounds"] = metric(server.url, "mpproxy_disk_buffer_fsync_seconds_count") - fsyncs_before
+            fsync_seconds = metric(server.url, "mpproxy_disk_buffer_fsync_seconds_sum") - fsync_seconds_before
+            # How long the disk took per round: a slow (or throttled) disk lengthens every reply's wait.
+            result["fsync_mean_ms"] = fsync_seconds / result["fsync_rounds"] * 1000 if result["fsync_rounds"] else None
             result["buffer_peak_bytes"] = metric(server.url, "mpproxy_disk_buffer_bytes")
             record_server(result, server)
         finally:
@@ -598,7 +602,8 @@ class Bench:
         shutil.rmtree(buffer_dir, ignore_errors=True)
         log(
             f"  {result['events_per_s']:.0f} events/s, p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms,"
-            f" {result.get('cpu_s_per_10k_events', 0):.2f} CPU-s/10k events, {result['fsync_rounds']:.0f} fsync rounds,"
+            f" {result.get('cpu_s_per_10k_events', 0):.2f} CPU-s/10k events, {result['fsync_rounds']:.0f} fsync rounds"
+            f" ({result['fsync_mean_ms'] or 0:.2f} ms each),"
             f" {result['disk_write_bytes'] / 2**20:.0f} MiB written"
         )
         return result
