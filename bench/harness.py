@@ -323,6 +323,7 @@ class Bench:
         warm = run_wrk(url, scenario, bodies, self.args.warmup, self.out, tag + "-warmup", connections, statuses)
         helpers = self.nginx.pids() + ([self.moto.pid] if self.moto else [])
         cpu_before = procs.cpu_seconds(pids()) if pids else None
+        kernel_before = procs.cpu_seconds(pids(), kernel_only=True) if pids else None
         helpers_before, wrk_before, busy_before = (
             procs.cpu_seconds(helpers),
             procs.children_cpu_seconds(),
@@ -330,6 +331,7 @@ class Bench:
         )
         main = run_wrk(url, scenario, bodies, self.args.duration, self.out, tag, connections, statuses)
         cpu_after = procs.cpu_seconds(pids()) if pids else None
+        kernel_after = procs.cpu_seconds(pids(), kernel_only=True) if pids else None
         helpers_cpu = procs.cpu_seconds(helpers) - helpers_before
         wrk_cpu = procs.children_cpu_seconds() - wrk_before
         busy = procs.machine_busy_seconds() - busy_before
@@ -364,6 +366,9 @@ class Bench:
         if cpu_before is not None and events:
             result["cpu_seconds"] = cpu_after - cpu_before
             result["cpu_s_per_10k_events"] = (cpu_after - cpu_before) / events * 10_000
+            # The kernel's part (system calls, and what the kernel charges to the process it
+            # interrupted): where disk writes, fsyncs and socket I/O show up.
+            result["kernel_share"] = (kernel_after - kernel_before) / (cpu_after - cpu_before) if cpu_after > cpu_before else None
         return result
 
     def run_passthrough(self, scenario: Scenario) -> dict:
@@ -602,7 +607,9 @@ class Bench:
         shutil.rmtree(buffer_dir, ignore_errors=True)
         log(
             f"  {result['events_per_s']:.0f} events/s, p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms,"
-            f" {result.get('cpu_s_per_10k_events', 0):.2f} CPU-s/10k events, {result['fsync_rounds']:.0f} fsync rounds"
+            f" {result.get('cpu_s_per_10k_events', 0):.2f} CPU-s/10k events"
+            f" ({(result.get('kernel_share') or 0) * 100:.0f}% kernel),"
+            f" {result['fsync_rounds']:.0f} fsync rounds"
             f" ({result['fsync_mean_ms'] or 0:.2f} ms each),"
             f" {result['disk_write_bytes'] / 2**20:.0f} MiB written"
         )

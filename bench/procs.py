@@ -302,8 +302,9 @@ def children(pid: int) -> list[int]:
     return sorted(found)
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of the given processes (not of their reaped children)."""
+def cpu_seconds(pids: list[int], kernel_only: bool = False) -> float:
+    """utime + stime (or stime alone) of the given processes, all their threads, not their
+    reaped children."""
     total = 0
     for pid in pids:
         try:
@@ -311,7 +312,8 @@ def cpu_seconds(pids: list[int]) -> float:
                 fields = handle.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # fields 14 and 15 of stat(5): utime, stime
+        # fields 14 and 15 of stat(5): utime, stime
+        total += int(fields[12]) if kernel_only else int(fields[11]) + int(fields[12])
     return total / CLK_TCK
 
 

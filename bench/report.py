@@ -23,6 +23,10 @@ def _num(value: float | None, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
+def _percent(share: float | None) -> str:
+    return "–" if share is None else f"{share * 100:.0f}%"
+
+
 def _ratio(a: float | None, b: float | None, digits: int = 2) -> str:
     if not a or not b:
         return "–"
@@ -696,16 +700,18 @@ def render_buffer(buf: dict) -> list[str]:
         "more at the end), so drift of this shared machine shows as the spread of the memory runs. With "
         "`BUFFER=disk` every reply waits until the request's rows are in a segment file and, unless "
         "`BUFFER_FSYNC=never`, until an fsync covering them has finished. fsync rounds: (group) fsyncs in the measured "
-        "window; fsync ms: their mean duration (a slow or throttled disk lengthens every reply's wait); disk MiB: what the proxy's processes caused to be written to storage in it (`/proc/<pid>/io` "
+        "window; kernel: the share of the proxy's CPU spent in the kernel; fsync ms: their mean duration "
+        "(a slow or throttled disk lengthens every reply's wait); disk MiB: what the proxy's processes caused to be "
+        "written to storage in it (`/proc/<pid>/io` "
         "`write_bytes` − `cancelled_write_bytes`: segments and lake objects, less what was deleted before it reached "
         "the disk). Rows landed are counted after the drain (SIGTERM); segments left "
         f"must be 0. Defaults: `BUFFER={defaults.get('BUFFER')}`, `BUFFER_FSYNC={defaults.get('BUFFER_FSYNC')}`.\n"
     )
     w(
-        "| # | run | events/s | ÷ memory | p50 ms | p99 ms | p99 ÷ memory | CPU-s / 10k events | fsync rounds/s "
+        "| # | run | events/s | ÷ memory | p50 ms | p99 ms | p99 ÷ memory | CPU-s / 10k events | kernel | fsync rounds/s "
         "| fsync ms | disk MiB/s | rows landed ≥ acked | segments left | other jobs CPU-s | errors |"
     )
-    w("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|")
+    w("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|")
     for r in buf["runs"]:
         seconds = r["wrk"]["seconds"]
         rows = (r.get("rows") or {}).get("files")
@@ -714,6 +720,7 @@ def render_buffer(buf: dict) -> list[str]:
             f"| {r.get('order', '')} | {_policy(r)}{' ⚠' if r.get('contaminated') else ''} | {_num(r['events_per_s'])} "
             f"| {_ratio(r['events_per_s'], base)} | {_num(r['p50_ms'], 1)} | {_num(r['p99_ms'], 1)} "
             f"| {_ratio(r['p99_ms'], p99_base)} | {r.get('cpu_s_per_10k_events', 0):.2f} "
+            f"| {_percent(r.get('kernel_share'))} "
             f"| {_num(r.get('fsync_rounds', 0) / seconds)} | {_num(r.get('fsync_mean_ms'), 2)} "
             f"| {r.get('disk_write_bytes', 0) / 2**20 / seconds:.1f} "
             f"| {_num(rows)} ≥ {_num(r['events_sent'])}: {_verdict(ok)} "
