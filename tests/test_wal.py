@@ -130,6 +130,19 @@ def test_requests_within_one_interval_share_one_round(tmp_path):
     wal.close()
 
 
+def test_waking_a_syncer_whose_wake_up_is_still_pending_is_harmless(tmp_path):
+    """The syncer's sleep timed out just as an append woke it: the wake-up stays pending
+    while it runs a round, and the next append finds it marked asleep again."""
+    wal = WriteAheadLog(BufferConfig(directory=str(tmp_path), fsync_ms=10))
+    with wal._sync_lock:
+        wal._syncer_sleeping = True
+        wal._wake_syncer()  # the append that came just after the timeout
+        wal._syncer_sleeping = True  # the syncer, idle again, about to sleep
+        wal._wake_syncer()  # before the syncer reached its acquire: once raised "release unlocked lock"
+    assert not wal._wake.locked()  # its next sleep returns at once and it looks again
+    wal.close()
+
+
 def test_a_failed_fsync_refuses_its_requests_and_the_log_moves_to_a_new_segment(tmp_path, monkeypatch):
     wal_log = importlib.import_module("destinations.wal.log")
 

@@ -19,7 +19,7 @@ round starts at most that often, so fewer fsyncs cost each reply up to that long
 The syncer is an OS thread (core/green.py `NativeThread`), not a greenlet: under load a
 greenlet's timer or wake-up waits until every ready request has had its turn, which
 stretched a 10 ms interval to 15-20 ms and left workers idle while their requests
-waited (bench/micro.py `wal`). The thread keeps the interval on the clock, and fsync
+waited (bench/wal_rounds.py). The thread keeps the interval on the clock, and fsync
 releases the GIL. Appenders hand it a duplicate of each segment's descriptor through a
 small native lock (`_sync_lock`), so the thread never touches the log's own lock, and it
 wakes the waiting requests by setting a gevent-aware event.
@@ -226,10 +226,13 @@ class WriteAheadLog:
             self._wake_syncer()
 
     def _wake_syncer(self) -> None:
-        """(under self._sync_lock)"""
+        """(under self._sync_lock) `_wake` is held except between a release and the syncer's
+        next acquire; one that timed out just before a release finds it free on its next
+        sleep and goes round once more, so a free lock already means "awake"."""
         if self._syncer_sleeping:
             self._syncer_sleeping = False
-            self._wake.release()
+            if self._wake.locked():
+                self._wake.release()
 
     def wait_durable(self, ticket: Ticket) -> None:
         """Return once the ticket's frame is as durable as BUFFER_FSYNC asks; raise BufferFull
@@ -241,7 +244,8 @@ class WriteAheadLog:
                 if self.synced >= ticket.position or ticket.segment.broken:
                     break
                 done = self._round_done
-            done.wait(1.0)
+            if not done.wait(1.0) and not (self._syncer and self._syncer.alive):
+                self._start_syncer()  # it died (and logged why): nothing else would sync this frame
         if ticket.segment.broken:
             raise BufferFull("the write-ahead buffer could not fsync this request's rows", "fsync_error")
 
