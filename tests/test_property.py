@@ -165,6 +165,7 @@ def browser_forms(draw: st.DrawFn) -> bytes:
     return body.encode()
 
 
+@pytest.mark.filterwarnings("ignore:Do not use the `random` module")  # retry jitter in another test's flusher, not the strategy
 @settings(max_examples=400, deadline=None)
 @given(browser_forms())
 def test_the_fast_browser_path_decodes_exactly_like_the_form_parser(body):
