@@ -322,16 +322,14 @@ class Bench:
         first = preflight(url, scenario, bodies, strict)
         warm = run_wrk(url, scenario, bodies, self.args.warmup, self.out, tag + "-warmup", connections, statuses)
         helpers = self.nginx.pids() + ([self.moto.pid] if self.moto else [])
-        cpu_before = procs.cpu_seconds(pids()) if pids else None
-        kernel_before = procs.cpu_seconds(pids(), kernel_only=True) if pids else None
+        cpu_before, kernel_before = procs.cpu_times(pids()) if pids else (None, None)
         helpers_before, wrk_before, busy_before = (
             procs.cpu_seconds(helpers),
             procs.children_cpu_seconds(),
             procs.machine_busy_seconds(),
         )
         main = run_wrk(url, scenario, bodies, self.args.duration, self.out, tag, connections, statuses)
-        cpu_after = procs.cpu_seconds(pids()) if pids else None
-        kernel_after = procs.cpu_seconds(pids(), kernel_only=True) if pids else None
+        cpu_after, kernel_after = procs.cpu_times(pids()) if pids else (None, None)
         helpers_cpu = procs.cpu_seconds(helpers) - helpers_before
         wrk_cpu = procs.children_cpu_seconds() - wrk_before
         busy = procs.machine_busy_seconds() - busy_before

@@ -302,19 +302,23 @@ def children(pid: int) -> list[int]:
     return sorted(found)
 
 
-def cpu_seconds(pids: list[int], kernel_only: bool = False) -> float:
-    """utime + stime (or stime alone) of the given processes, all their threads, not their
-    reaped children."""
-    total = 0
+def cpu_times(pids: list[int]) -> tuple[float, float]:
+    """(utime + stime, stime) of the given processes, all their threads, not their reaped children."""
+    total = kernel = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as handle:
                 fields = handle.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        # fields 14 and 15 of stat(5): utime, stime
-        total += int(fields[12]) if kernel_only else int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
+        total += int(fields[11]) + int(fields[12])  # fields 14 and 15 of stat(5): utime, stime
+        kernel += int(fields[12])
+    return total / CLK_TCK, kernel / CLK_TCK
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of the given processes (not of their reaped children)."""
+    return cpu_times(pids)[0]
 
 
 def machine_busy_seconds() -> float:

@@ -3,7 +3,8 @@
 `.venv/bin/python -m bench.wal_rounds [--seconds 5] [--connections 16] [--work-ms 1.5]`
 (also run by `python -m bench.micro`). Like a gunicorn gevent worker: the process is
 monkey-patched, and N greenlets each loop over "a request": `--work-ms` of CPU, an append
-of a 50-event browser batch's rows (about 49 KB; 6.7 KB compressed), then the wait for
+of a 50-event browser batch's rows (bench/payloads.py through the real decoding and row
+model: about 49 KB, 6.7 KB compressed), then the wait for
 durability. For each BUFFER_FSYNC policy it prints requests/s, CPU per request beyond the
 work itself, the average wait, how busy the process was (1.00: never idle), and the fsync
 rounds per second.
@@ -22,42 +23,39 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402 - patched before anything else is imported
-import json  # noqa: E402
-import random  # noqa: E402
 import resource  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import gevent  # noqa: E402
 
+from bench import payloads  # noqa: E402
 from core import metrics  # noqa: E402
+from core.records import normalize  # noqa: E402
+from core.settings import Settings  # noqa: E402
+from destinations.rows import to_rows  # noqa: E402
+from destinations.schema import build_schemas  # noqa: E402
 from destinations.wal.log import BufferConfig, WriteAheadLog  # noqa: E402
+from destinations.wal.payload import encode  # noqa: E402
+from proxy.payloads import decode  # noqa: E402
 
 POLICIES = (("never", None), ("10", 10.0), ("always", 0.0))
 
 
-def batch_rows(rng: random.Random) -> bytes:
-    """NDJSON rows shaped (and compressing) like a browser batch's event rows."""
-    rows = []
-    for i in range(150):
-        properties = {
-            "$current_url": f"https://shop.example.com/p/{rng.randint(1, 400)}",
-            "$browser": "Chrome",
-            "$os": "Linux",
-            "mp_lib": "web",
-            "$screen_width": 1920,
-            "price": round(rng.random() * 100, 2),
-        }
-        row = {
-            "event": "Page View",
-            "event_time": f"2026-12-02T07:00:00.{i:03d}Z",
-            "insert_id": f"{rng.getrandbits(128):032x}",
-            "distinct_id": f"user-{rng.randint(1, 1000)}",
-            "properties": properties,
-        }
-        rows.append(json.dumps(row, separators=(",", ":")))
-    return "\n".join(rows).encode()
+def browser_batches(count: int = 16) -> list[bytes]:
+    """Mixpanel-browser batches (bench/payloads.py) as the request path appends them to the
+    log: decoded, normalised, their rows encoded (destinations/wal/payload.py)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        bodies = Path(payloads.generate(Path(scratch))["browser"]["path"]).read_text().splitlines()[:count]
+    schemas = build_schemas(Settings.from_mapping({}))
+    out = []
+    for body in bodies:
+        items = decode(body.encode(), {}).items
+        records = normalize("track", items, client_ip="203.0.113.9", ip_enabled=True, token=None, received_at=time.time())
+        out.append(encode("track", ["files"], to_rows(records, schemas), None))
+    return out
 
 
 def burn(seconds: float) -> None:
@@ -71,8 +69,7 @@ def fsync_rounds() -> float:
 
 
 def measure(name: str, fsync_ms: float | None, connections: int, seconds: float, work_ms: float) -> None:
-    rng = random.Random(7)
-    bodies = [batch_rows(rng) for _ in range(16)]
+    bodies = browser_batches()
     scratch = tempfile.mkdtemp(prefix="wal-rounds-")
     wal = WriteAheadLog(BufferConfig(directory=scratch, fsync_ms=fsync_ms))
     done = [0]

@@ -195,8 +195,8 @@ class WriteAheadLog:
             if self.config.fsync_ms is not None:
                 self._hand_to_syncer(segment)
             ticket = Ticket(self, segment, index, self.written)
-        if self.config.fsync_ms is not None and (self._syncer is None or not self._syncer.alive):
-            self._start_syncer()
+        if self.config.fsync_ms is not None:
+            self._ensure_syncer()
         return ticket
 
     def _due_for_rotation(self, segment: Segment, need: int) -> bool:
@@ -244,16 +244,18 @@ class WriteAheadLog:
                 if self.synced >= ticket.position or ticket.segment.broken:
                     break
                 done = self._round_done
-            if not done.wait(1.0) and not (self._syncer and self._syncer.alive):
-                self._start_syncer()  # it died (and logged why): nothing else would sync this frame
+            if not done.wait(1.0):
+                self._ensure_syncer()  # if it died (and logged why), nothing else would sync this frame
         if ticket.segment.broken:
             raise BufferFull("the write-ahead buffer could not fsync this request's rows", "fsync_error")
 
-    def _start_syncer(self) -> None:
+    def _ensure_syncer(self) -> None:
+        """Start the syncer thread unless it runs (lazily: a worker's, never the master's)."""
+        if self._syncer is not None and self._syncer.alive:
+            return
         with self._sync_lock:
-            if self._syncer is not None and self._syncer.alive:
-                return
-            self._syncer = green.NativeThread(self._sync_loop, "wal-fsync")
+            if self._syncer is None or not self._syncer.alive:
+                self._syncer = green.NativeThread(self._sync_loop, "wal-fsync")
 
     def _sync_loop(self) -> None:
         """The syncer thread: a round as soon as there is something to fsync, but rounds start
