@@ -433,7 +433,9 @@ def test_encoded_lines_take_about_their_own_size_in_memory():
     import tracemalloc
 
     props = {f"prop_{i}": f"value {i} " + "x" * 30 for i in range(20)}
-    records = [Record("event", {"event": "Page View", "properties": {**props, "$insert_id": f"id-{n}"}}, 1.7e9) for n in range(2000)]
+    records = [
+        Record("event", {"event": "Page View", "properties": {**props, "$insert_id": f"id-{n}"}}, 1.7e9) for n in range(2000)
+    ]
     batch = to_rows(records, build_schemas(Settings({})))
     tracemalloc.start()
     try:
