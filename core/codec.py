@@ -37,6 +37,28 @@ def loads(data: bytes | str) -> Any:
     return orjson.loads(data)
 
 
+# orjson reads an integer beyond 64 bits as a float, silently. The shortest such integer
+# (negative) has 19 digits: JSON with a run of 19 digits anywhere is read by json.loads.
+_DIGITS_ONLY = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_LONG_DIGIT_RUN = b"0" * 19
+
+
+def may_hold_big_int(data: bytes) -> bool:
+    """Whether `data` has a run of 19 digits, which orjson might read inexactly."""
+    return _LONG_DIGIT_RUN in data.translate(_DIGITS_ONLY)
+
+
+def loads_exact(data: bytes) -> Any:
+    """JSON this proxy wrote (a buffered row or record), read back to the value it encoded:
+    orjson, or the standard library where orjson would round an integer beyond 64 bits."""
+    if not may_hold_big_int(data):
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(data)
+
+
 def gzip_level(level: int) -> int:
     """zlib's 1-9 scale onto ISA-L's 0-3: 1 -> 0, 2-3 -> 1, 4-9 -> 2. ISA-L's level 3 costs
     three times level 2 for no better ratio on NDJSON rows (bench/), so nothing maps to it."""

@@ -49,11 +49,12 @@ class SpooledBatch:
 
 def encode_batch(destination: str, table: str, rows: list[Any], reason: str, attempts: int, encoded: bool) -> bytes:
     """One dead-letter line: destination, table, reason, attempts, spooled_at and rows.
-    Encoded rows ((hour, NDJSON line) pairs) are embedded as they are, not decoded again."""
+    Encoded rows (JSON lines, or (hour, line) pairs) are embedded as they are, not decoded again."""
     head = {"destination": destination, "table": table, "reason": reason, "attempts": attempts, "spooled_at": time.time()}
     if encoded:
         prefix = json.dumps(head, ensure_ascii=False, separators=(",", ":"))[:-1].encode()
-        return prefix + b',"rows":[' + b",".join(line for _, line in rows) + b"]}\n"
+        lines = (row if isinstance(row, bytes) else row[1] for row in rows)
+        return prefix + b',"rows":[' + b",".join(lines) + b"]}\n"
     line = {**head, "rows": rows}
     try:
         return (json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
@@ -93,7 +94,7 @@ class DeadLetter:
         return max(0, min(left, free))
 
     def put(self, destination: str, table: str, rows: list[Any], reason: str, attempts: int, encoded: bool = False) -> Path:
-        """Spool one batch. `rows` are row dicts, or with `encoded` (hour, NDJSON line) pairs."""
+        """Spool one batch. `rows` are row dicts, or with `encoded` JSON lines or (hour, line) pairs."""
         data = encode_batch(destination, table, rows, reason, attempts, encoded)
         with self._lock:  # reserve the room; the write itself happens outside the lock
             if self._current_size() + len(data) > self.max_bytes:

@@ -321,11 +321,13 @@ class RowDestination:
 
     def redeliver(self, table: str, rows: list[Any]) -> int:
         """Write rows back from the dead letter, split to the sink's limits; raise on failure.
-        Rows spooled as dicts are encoded again for sinks that take lines."""
+        The dead letter gives them back decoded: they are encoded again for the chunks."""
+        lines = [dumps_row(r) for r in rows]
+        items: list[Any] = lines
         if self.capabilities.takes == "lines":
-            rows = [(hour_of(r), dumps_row(r)) for r in rows]
+            items = [(hour_of(r), line) for r, line in zip(rows, lines, strict=True)]
         buffer = self._empty_buffer()
-        buffer.add(table, rows, sum(len(dumps_row(r)) for r in rows) if self.capabilities.takes != "lines" else 0, 0)
+        buffer.add(table, items, sum(len(line) + 1 for line in lines), 0)
         written = 0
         with self._sink_in_use():
             for chunk in buffer.tables.get(table, []):
@@ -397,20 +399,21 @@ class RowDestination:
 
     # -- what a request hands over ------------------------------------------------------
     def _tables(self, ingest: Ingest) -> list[tuple[str, list[Any], int]]:
-        """[(table, items, encoded bytes)] in the shape the sink takes, counted on the way in."""
+        """[(table, encoded items, their bytes)] as the sink's chunks take them (see Chunk),
+        counted on the way in."""
         metrics.RECORDS_IN.labels(self.name).inc(len(ingest.records))
         if self.capabilities.takes == "records":
-            items = [r.payload for r in ingest.records]
-            return [(ingest.endpoint, items, sum(len(dumps_row(p)) + 1 for p in items))] if items else []
+            records = [dumps_row(r.payload) for r in ingest.records]
+            return [(ingest.endpoint, records, sum(len(line) + 1 for line in records))] if records else []
         batch: RowBatch = ingest.rows if ingest.rows is not None else to_rows(ingest.records, self.schemas)
         for reason, count in batch.dropped.items():
             metrics.DROPPED.labels(self.name, reason).inc(count)
         for column, count in batch.cast_failures.items():
             metrics.CAST_FAILURES.labels(column).inc(count)
         out = []
-        for table, rows in batch.tables.items():
+        for table in batch.tables:
             lines = batch.lines(table)  # encoded once per request, shared by every row destination
-            items = lines if self.capabilities.takes == "lines" else rows
+            items = lines if self.capabilities.takes == "lines" else [line for _, line in lines]
             out.append((table, items, sum(len(line) + 1 for _, line in lines)))
         return out
 
@@ -695,7 +698,7 @@ class RowDestination:
             self._spool(table, piece, reason, attempts)
 
     def _spool(self, table: str, items: list[Any], reason: str, attempts: int) -> None:
-        self.dead_letter.put(self.name, table, items, reason, attempts, encoded=self.capabilities.takes == "lines")
+        self.dead_letter.put(self.name, table, items, reason, attempts, encoded=True)  # buffered items are encoded
         metrics.DEAD_LETTERED.labels(self.name, reason.split(":", 1)[0]).inc(len(items))
         self.state.dead_lettered_rows += len(items)
 

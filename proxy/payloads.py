@@ -28,6 +28,8 @@ from urllib.parse import parse_qsl
 import orjson
 import pybase64
 
+from core import codec
+
 GZIP_MAGIC = b"\x1f\x8b"
 TRUE_FLAGS = {"1", "true"}
 # `cat a.gz b.gz` is one valid gzip body; a body of thousands of empty members is an attack.
@@ -168,10 +170,6 @@ def _utf8(raw: bytes, what: str) -> str:
     return _clean(text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass"))
 
 
-# orjson reads an integer beyond 64 bits as a float, silently: a body with a run of 19
-# digits anywhere (the shortest such integer, negative) is read by json.loads, exactly.
-_DIGITS_ONLY = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
-_LONG_DIGIT_RUN = b"0" * 19
 _MISS = object()
 
 
@@ -179,7 +177,7 @@ def _fast(raw: bytes) -> Any:
     """orjson's reading of `raw`, where it equals json.loads' (2-2.5x faster: bench.micro), or _MISS.
     Whatever orjson refuses (NaN, 1e999, lone surrogates, CESU-8, a BOM, deep nesting,
     invalid JSON) goes the exact way, which accepts, repairs or rejects it as always."""
-    if _LONG_DIGIT_RUN in raw.translate(_DIGITS_ONLY):
+    if codec.may_hold_big_int(raw):  # orjson would round an integer beyond 64 bits: json.loads is exact
         return _MISS
     try:
         return orjson.loads(raw)

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
+import tracemalloc
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from core import metrics
+from core.records import Ingest, Record
+from core.settings import Settings
+from destinations.base import Capabilities, RowSink, SinkResult
 from destinations.deadletter import DeadLetter, DeadLetterFull
-from destinations.delivery import DeliveryConfig
+from destinations.delivery import DeliveryConfig, RowDestination
+from destinations.rows import to_rows
+from destinations.schema import build_schemas
 from tests.support import files
 from tests.support.processes import wait_until
 
@@ -288,3 +295,73 @@ def test_rows_lost_at_shutdown_are_counted_with_their_reason(make_app, faulty):
         assert app.test_client().post("/track", json=events(10, i * 10)).status_code == 200
     app.extensions["mpproxy"].close(timeout=2)
     assert counter(metrics.DROPPED, "faulty", "dead_letter_full") - before == 30
+
+
+class RecordingRowSink(RowSink):
+    """A sink that takes row dicts and keeps every write."""
+
+    name = "recording"
+    capabilities = Capabilities(takes="rows", max_rows=10_000)
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[str, list]] = []
+
+    def write(self, table: str, items: list) -> SinkResult:
+        self.writes.append((table, items))
+        return SinkResult.all_of(items)
+
+
+def row_destination(tmp_path: Path) -> tuple[RowDestination, RecordingRowSink, dict]:
+    schemas = build_schemas(Settings({}))
+    sink = RecordingRowSink()
+    config = DeliveryConfig(max_seconds=3600)
+    return RowDestination(sink, schemas, config, DeadLetter(str(tmp_path / "spool")), timeout=5), sink, schemas
+
+
+def test_rows_wait_encoded_and_reach_a_rows_sink_exactly_as_made(tmp_path):
+    """Rows wait in the buffer as their NDJSON lines and are decoded for the write: the sink
+    gets the rows to_rows made, integers beyond 64 bits, floats and text included."""
+    dest, sink, schemas = row_destination(tmp_path)
+    odd = {
+        "big": 2**70,
+        "negative_big": -(2**64) - 1,
+        "tenth": 0.1,
+        "huge": 1e16,
+        "text": "é 😀 \u2028",
+        "list": [1, [2.5, None]],
+    }
+    records = tuple(
+        Record("event", {"event": "odd", "properties": {**odd, "distinct_id": f"u{i}", "$insert_id": f"i{i}"}}, 1.7e9 + i)
+        for i in range(3)
+    )
+    batch = to_rows(records, schemas)
+    dest.write(Ingest("track", records, rows=batch))
+    dest.flush()
+    dest.close(1)
+    ((table, written),) = sink.writes
+    assert written == batch.tables[table]
+    assert type(written[0]["properties"]["big"]) is int
+
+
+def test_a_rows_sinks_buffer_holds_about_what_it_counts(tmp_path):
+    """MAX_BUFFER_BYTES bounds memory only if the buffer holds what it counts: encoded rows.
+    Row dicts took about three times their lines."""
+    dest, _sink, schemas = row_destination(tmp_path)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        # Each record with strings of its own, as decoding a request makes them.
+        records = tuple(
+            Record("event", {"event": "v", "properties": {f"prop_{i}": f"value {i} {n} " + "x" * 30 for i in range(20)}}, 1.7e9)
+            for n in range(2000)
+        )
+        dest.write(Ingest("track", records, rows=to_rows(records, schemas)))
+        del records
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+        counted = dest.backlog()
+    finally:
+        tracemalloc.stop()
+        dest.close(1)
+    assert counted > 1_500_000
+    assert held < counted * 1.3, f"{held:,} bytes held for {counted:,} counted"

@@ -46,13 +46,14 @@ class Decoded:
     records: list[bytes]  # SDK-shaped records, NDJSON
 
     def items(self, takes: str, table: str) -> list[Any]:
-        """The table's rows (or, for "records", the endpoint's records) as a sink of this kind takes them."""
+        """The table's rows (or, for "records", the endpoint's records) as the buffer of a sink
+        of this kind holds them (see destinations.base.Chunk)."""
         if takes == "records":
-            return [json.loads(line) for line in self.records]
+            return self.records
         lines = self.tables.get(table, [])
         if takes == "lines":
             return [(hour_of(json.loads(line)), line) for line in lines]
-        return [json.loads(line) for line in lines]
+        return lines
 
     def keys(self, takes: str) -> list[tuple[str, int]]:
         """[(table, row count)] in the shape a sink of this kind takes: the endpoint for records."""

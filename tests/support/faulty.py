@@ -48,7 +48,12 @@ class FaultySink(RowSink):
             return "up"
 
     def _marked(self, item: Any) -> bool:
-        raw = item[1] if isinstance(item, tuple) else json.dumps(item, ensure_ascii=False).encode()
+        if isinstance(item, bytes):  # an encoded record
+            raw = item
+        elif isinstance(item, tuple):  # an (hour, line) pair
+            raw = item[1]
+        else:
+            raw = json.dumps(item, ensure_ascii=False).encode()
         return self.marker in raw
 
     def write(self, table: str, items: list[Any]) -> SinkResult:
