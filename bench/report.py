@@ -466,9 +466,9 @@ def render_isolation(iso: dict, matrix: list[dict] | None = None) -> list[str]:
     w(
         "| run | replies/s | events/s (2xx) | p50 ms | p99 ms | max ms | p50 ÷ (a) | p99 ÷ (a) | replies by status "
         "| non-2xx | socket errors / timeouts | rows offered | rows dead-lettered: end of load → after drain "
-        "| rows neither written nor dead-lettered | stop s |"
+        "| rows neither written nor dead-lettered | stop s | peak RSS / worker MiB |"
     )
-    w("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---:|---:|---:|---:|")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---:|---:|---:|---:|---:|")
     for letter, key in zip("abcd", ISOLATION_KEYS, strict=True):
         r = runs.get(key)
         if r is None:
@@ -486,7 +486,7 @@ def render_isolation(iso: dict, matrix: list[dict] | None = None) -> list[str]:
             f"| {'1×' if is_base else _ratio(r['p50_ms'], base.get('p50_ms'), 1)} "
             f"| {'1×' if is_base else _ratio(r['p99_ms'], base.get('p99_ms'), 1)} | {_statuses(r)} | {_non_2xx(r):,} "
             f"| {socket} | {_num(r['events_offered']) if faulty else '–'} | {spooled} "
-            f"| {_num(_unaccounted(r))} | {r.get('stop_seconds', '–')} |"
+            f"| {_num(_unaccounted(r))} | {r.get('stop_seconds', '–')} | {_rss(r)} |"
         )
     w("")
     reasons = [
@@ -647,6 +647,7 @@ def round_two(runs: list[dict], ceiling: dict[str, dict], isolation: dict) -> li
             f"({_num(iso['hang-batch']['events_per_s'])} vs {_num(iso['healthy-batch']['events_per_s'])}) "
             f"| {_verdict(ratio >= 0.9)} |"
         )
+    out.append(memory_target(runs, isolation))
     node, files = run("node", "browser"), run("files", "browser")
     if node and files:
         ratio = files["events_per_s"] / node["events_per_s"]
@@ -658,6 +659,31 @@ def round_two(runs: list[dict], ceiling: dict[str, dict], isolation: dict) -> li
         out.append("| Mixpanel + files ÷ the Node original | ≥ 5× | not measured (`--node-original DIR`) | – |")
     out.append("")
     return out
+
+
+def _peak_mib(run: dict) -> float | None:
+    peaks = [v for v in (run.get("rss_peak_kb") or {}).values() if v]
+    return max(peaks) / 1024 if peaks else None
+
+
+def memory_target(runs: list[dict], isolation: dict) -> str:
+    """Every proxy run's peak RSS per worker against what MAX_BUFFER_BYTES allows: the
+    Mixpanel-only run (nothing buffered) plus, per buffering destination, its buffer, the
+    chunk a flush holds and a spill being written (3 x MAX_BUFFER_BYTES)."""
+    limit_mib = (isolation.get("defaults") or {}).get("MAX_BUFFER_BYTES", 64 << 20) / (1 << 20)
+    measured = [(f"{r.get('set')}-{r.get('scenario')}", _peak_mib(r)) for r in runs if r.get("set") not in ("node", "ceiling")]
+    measured += [(f"isolation {r.get('set')}", _peak_mib(r)) for r in isolation.get("runs") or []]
+    measured = [(name, mib) for name, mib in measured if mib is not None]
+    base = [mib for name, mib in measured if name.startswith("mixpanel-") or name == "isolation baseline"]
+    if not measured or not base:
+        return "| peak RSS per worker, every proxy run | bounded by `MAX_BUFFER_BYTES` | not measured | – |"
+    bound = max(base) + 3 * limit_mib
+    name, worst = max(measured, key=lambda item: item[1])
+    return (
+        f"| peak RSS per worker, every proxy run (hanging destination and `MIXPANEL_DELIVERY=batch` included) "
+        f"| ≤ Mixpanel only + 3 × `MAX_BUFFER_BYTES` ({max(base):.0f} + {3 * limit_mib:.0f} = {bound:.0f} MiB) "
+        f"| worst {worst:.0f} MiB ({name}) | {_verdict(worst <= bound)} |"
+    )
 
 
 # --- the write-ahead buffer's cost ------------------------------------------------------------------
