@@ -52,7 +52,7 @@ class Decoded:
             return self.records
         lines = self.tables.get(table, [])
         if takes == "lines":
-            return [(hour_of(json.loads(line)), line) for line in lines]
+            return [(hour_of(codec.loads_exact(line)), line) for line in lines]
         return lines
 
     def keys(self, takes: str) -> list[tuple[str, int]]:
