@@ -315,9 +315,10 @@ def dumps_row(row: Row) -> bytes:
     anything odd a transform produced is made safe first, so this never raises.
 
     Lines wait in delivery buffers, so each is copied to its exact size: orjson returns its
-    working buffer, a power of two of at least 8 KiB for a 900-byte row, and never shrinks
-    it. Kept as they come, 64 MiB of buffered lines (MAX_BUFFER_BYTES) held 500 MiB; the
-    copy costs about 0.07 us a row (bench/RESULTS.md, "Memory")."""
+    working buffer as the bytes object (8 KiB for a 900-byte row) and never shrinks it. Kept
+    as they came, 64 MiB of buffered lines (MAX_BUFFER_BYTES) held about 500 MiB, and a
+    worker with a hanging destination reached 960 MiB RSS (bench/RESULTS.md, "Isolation",
+    now 235 MiB). The copy costs about 0.07 us a row."""
     try:
         return b"".join((orjson.dumps(row), b""))
     except (TypeError, orjson.JSONEncodeError):
