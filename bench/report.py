@@ -41,9 +41,15 @@ def _errors(run: dict) -> str:
     return ", ".join(f"{k.replace('_errors', '')} {v}" for k, v in errors.items() if v)
 
 
-def _rss(run: dict) -> str:
+def _peak_mib(run: dict) -> float | None:
+    """The highest peak RSS (VmHWM) of a run's workers, MiB."""
     peaks = [v for v in (run.get("rss_peak_kb") or {}).values() if v]
-    return _num(max(peaks) / 1024, 0) if peaks else "–"
+    return max(peaks) / 1024 if peaks else None
+
+
+def _rss(run: dict) -> str:
+    peak = _peak_mib(run)
+    return _num(peak, 0) if peak is not None else "–"
 
 
 def _objects(run: dict) -> str:
@@ -659,11 +665,6 @@ def round_two(runs: list[dict], ceiling: dict[str, dict], isolation: dict) -> li
         out.append("| Mixpanel + files ÷ the Node original | ≥ 5× | not measured (`--node-original DIR`) | – |")
     out.append("")
     return out
-
-
-def _peak_mib(run: dict) -> float | None:
-    peaks = [v for v in (run.get("rss_peak_kb") or {}).values() if v]
-    return max(peaks) / 1024 if peaks else None
 
 
 def memory_target(runs: list[dict], isolation: dict) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import tracemalloc
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -430,8 +431,6 @@ def test_encoded_lines_take_about_their_own_size_in_memory():
     """Lines wait in delivery buffers, which count them at their encoded size (MAX_BUFFER_BYTES).
     orjson hands back an over-allocated buffer (8 KiB for a 900-byte row); kept as it came, a
     buffer's real memory was 8x its count (a worker at 960 MiB under MAX_BUFFER_BYTES=64 MiB)."""
-    import tracemalloc
-
     props = {f"prop_{i}": f"value {i} " + "x" * 30 for i in range(20)}
     records = [
         Record("event", {"event": "Page View", "properties": {**props, "$insert_id": f"id-{n}"}}, 1.7e9) for n in range(2000)
