@@ -21,7 +21,7 @@ from destinations.wal import open_buffer
 from proxy import __version__, cli, replies
 from proxy.cors import init_cors
 from proxy.logs import configure_logging
-from proxy.memory import pin_mmap_threshold
+from proxy.memory import pin_mmap_threshold, publish_gc_passes
 from proxy.routes import bp
 from proxy.runtime import build_runtime
 
@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     def _count(response: Response) -> Response:
         endpoint = (request.url_rule.rule.strip("/").split("/")[0] if request.url_rule else "unmatched") or "root"
         metrics.REQUESTS.labels(endpoint, str(response.status_code)).inc()
+        publish_gc_passes()
         return response
 
     names = ", ".join(d.name for d in rt.destinations)

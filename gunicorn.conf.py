@@ -151,7 +151,8 @@ def child_exit(server, worker) -> None:  # noqa: ANN001
 
 
 def post_worker_init(worker) -> None:  # noqa: ANN001
-    """The worker serves: start adopting what stopped workers left in BUFFER_DIR."""
+    """The worker serves: start adopting what stopped workers left in BUFFER_DIR, and
+    tune the garbage collector (proxy/memory.py)."""
     from proxy.worker import start
 
     start(worker)

@@ -53,6 +53,9 @@ FSYNC_SECONDS = Histogram(
     "Time of one (group) fsync of the write-ahead buffer",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
 )
+# The cyclic garbage collector in each gunicorn worker (proxy/memory.py tunes it).
+GC_PASSES = Counter("mpproxy_gc_collections_total", "Garbage collector passes, by oldest generation collected", ["generation"])
+GC_SECONDS = Counter("mpproxy_gc_seconds_total", "Time in garbage collector passes", ["generation"])
 
 
 def render() -> tuple[bytes, str]:

@@ -39,10 +39,16 @@ def _runtime(worker: Any) -> Any:
 
 
 def start(worker: Any) -> None:
-    """The worker serves: start adopting what stopped workers left in BUFFER_DIR."""
+    """The worker serves: start adopting what stopped workers left in BUFFER_DIR, and
+    keep the garbage collector off the request path (proxy/memory.py)."""
+    # Imported here, in the worker: gunicorn's master imports this module for the worker
+    # class, and must not load the metrics before PROMETHEUS_MULTIPROC_DIR is set.
+    from proxy.memory import tune_gc
+
     runtime = _runtime(worker)
     if runtime is not None:
         runtime.start()
+    tune_gc()
 
 
 def drain(worker: Any) -> None:

@@ -13,23 +13,13 @@ from pathlib import Path
 
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import files
 from tests.support.load import browser_batch, run_load
+from tests.support.metrics import metric_sum
 from tests.support.processes import flask_command, free_port, gunicorn, wait_until
 
 pytestmark = pytest.mark.slow
-
-
-def metric_sum(url: str, name: str, **labels: str) -> float:
-    text = requests.get(f"{url}/metrics", timeout=5).text
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from flask import Response, request
 
 from core import metrics
 from proxy import __version__, replies
+from proxy.memory import publish_gc_passes
 from proxy.routes.blueprint import bp
 from proxy.runtime import runtime
 
@@ -64,5 +65,6 @@ def health() -> Response:
 
 @bp.route("/metrics")
 def prometheus() -> Response:
+    publish_gc_passes()
     data, content_type = metrics.render()
     return Response(data, headers={"Content-Type": content_type})
