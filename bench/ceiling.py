@@ -11,14 +11,27 @@ starve, and the ceiling's p99 (300-560 ms in a trial) would say nothing about th
 
 The reply bodies are the Mixpanel double's (bench/procs.py NGINX_CONF), byte for byte.
 gunicorn.conf.py's drain looks for `app.extensions["mpproxy"]`; this app has none, so it does nothing.
+
+`forwarder` (`bench.ceiling:forwarder`, the `forward` set) is the second stick: the same app,
+except that each /track, /engage, /groups or /import request's body is sent on to the Mixpanel
+double (`MIXPANEL_API_HOST`) verbatim, with the query string, Content-Type and Authorization it came with,
+through the proxy's own HTTP client (core/http.py), and the double's answer is the reply.
+No decoding, no gzip, no storage: the least a proxy that forwards each request must do. The
+proxy's Mixpanel-only runs do this plus reading, checking, normalising and re-encoding the
+records; `events/s ÷ forwarding ceiling` is the share of this bound they reach.
 """
 
 from __future__ import annotations
 
+import os
+
 import gevent
 from flask import Flask, Response, request
 
+from core.http import ConnectionPool
+
 app = Flask(__name__)
+forwarder = Flask(f"{__name__}.forwarder")
 
 METHODS = ["GET", "POST"]
 
@@ -54,5 +67,24 @@ def import_() -> Response:
 
 
 @app.route("/ping")
+@forwarder.route("/ping")
 def ping() -> Response:
     return Response("1", mimetype="text/plain")  # the harness's readiness check
+
+
+_upstream: list[ConnectionPool] = []  # made on first use, in the worker (after gevent's patching)
+
+
+@forwarder.route("/<any(track, engage, groups, import):endpoint>", methods=METHODS)
+@forwarder.route("/<any(track, engage, groups, import):endpoint>/", methods=METHODS)
+def forward(endpoint: str) -> Response:
+    if not _upstream:
+        _upstream.append(ConnectionPool(os.environ["MIXPANEL_API_HOST"]))
+    target = request.full_path if request.query_string else request.path
+    headers = {"Content-Type": request.content_type or "application/x-www-form-urlencoded"}
+    if request.remote_addr:
+        headers["X-Forwarded-For"] = request.remote_addr
+    if request.authorization is not None:
+        headers["Authorization"] = request.headers["Authorization"]
+    answer = _upstream[0].request("POST", target, request.get_data(), headers, connect_timeout=5, read_timeout=10)
+    return Response(answer.content, status=answer.status, content_type=answer.headers.get("Content-Type"))

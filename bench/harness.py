@@ -33,9 +33,12 @@ FLUSH_SECONDS = DeliveryConfig.max_seconds
 WORKERS = 2
 # The framework ceiling (bench/ceiling.py): the same gunicorn command with this app instead of app:app.
 CEILING_APP = "bench.ceiling:app"
+# The forwarding ceiling: the same, but each body goes on to the Mixpanel double verbatim.
+FORWARD_APP = "bench.ceiling:forwarder"
 SETS: dict[str, tuple[str, str]] = {
     # key: (DESTINATIONS, title); `ceiling` is not the proxy and has no destinations
     "ceiling": ("", "framework ceiling: Flask on gunicorn+gevent, reads the body, answers 1"),
+    "forward": ("", "forwarding ceiling: the same, forwards the body verbatim to Mixpanel"),
     "mixpanel": ("mixpanel", "Mixpanel only"),
     "files": ("mixpanel,files", "Mixpanel + files"),
     "s3": ("mixpanel,s3", "Mixpanel + S3 (moto)"),
@@ -399,19 +402,23 @@ class Bench:
         log(f"  {result['events_per_s']:.0f} events/s, p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms")
         return result
 
-    def run_ceiling(self, scenario: Scenario) -> dict:
-        """bench/ceiling.py on the proxy's stack: what any Flask proxy here can do at best. Nothing to count."""
-        tag = f"ceiling-{scenario.name}"
-        server = procs.Gunicorn({"LOG_LEVEL": "WARNING"}, self.out / f"gunicorn-{tag}.log", WORKERS, app=CEILING_APP)
-        log(f"{tag}: {CEILING_APP}, {scenario.connections} connections, {self.args.duration:g}s")
+    def run_ceiling(self, scenario: Scenario, set_key: str = "ceiling") -> dict:
+        """bench/ceiling.py on the proxy's stack: what any Flask proxy here can do at best (`ceiling`),
+        or any that forwards each request to Mixpanel (`forward`). Nothing to count."""
+        tag = f"{set_key}-{scenario.name}"
+        app, env = CEILING_APP, {"LOG_LEVEL": "WARNING"}
+        if set_key == "forward":
+            app, env["MIXPANEL_API_HOST"] = FORWARD_APP, f"http://127.0.0.1:{self.nginx.mixpanel_port}"
+        server = procs.Gunicorn(env, self.out / f"gunicorn-{tag}.log", WORKERS, app=app)
+        log(f"{tag}: {app}, {scenario.connections} connections, {self.args.duration:g}s")
         server.start()
         try:
             result = self.measure(server.url, scenario, tag, server.all_pids)
             record_server(result, server)
         finally:
             rc = server.stop()
-        result["set"] = "ceiling"
-        result["app"] = CEILING_APP
+        result["set"] = set_key
+        result["app"] = app
         result["exit_code"] = rc
         log(
             f"  {result['events_per_s']:.0f} events/s, p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms,"
@@ -443,6 +450,11 @@ class Bench:
         try:
             result = self.measure(server.url, scenario, tag, server.all_pids)
             record_server(result, server)
+            # The garbage collector's passes over the proxy's life so far (proxy/memory.py), both workers.
+            result["gc"] = {
+                "passes": metric(server.url, "mpproxy_gc_collections_total"),
+                "seconds": metric(server.url, "mpproxy_gc_seconds_total"),
+            }
         finally:
             rc = server.stop()
         result["alive_seconds"] = time.monotonic() - started
@@ -889,14 +901,14 @@ def main(argv: list[str] | None = None) -> int:
         results["bodies"] = {k: {kk: vv for kk, vv in v.items() if kk != "path"} for k, v in bench.bodies.items()}
         results["scenarios"] = {k: vars(v) | {"authorization": bool(v.authorization)} for k, v in SCENARIOS.items()}
         if not args.skip_matrix:
-            # The ceiling right after the pass-through, whatever the order in --sets: the two references first.
-            sets = sorted(args.sets.split(","), key=lambda k: k != "ceiling")
+            # The ceilings right after the pass-through, whatever the order in --sets: the references first.
+            sets = sorted(args.sets.split(","), key=lambda k: (k != "ceiling", k != "forward"))
             for name in args.scenarios.split(","):
                 scenario = SCENARIOS[name]
                 results["runs"].append(bench.clean_run(lambda s=scenario: bench.run_passthrough(s)))
                 for set_key in sets:
-                    if set_key == "ceiling":
-                        results["runs"].append(bench.clean_run(lambda s=scenario: bench.run_ceiling(s)))
+                    if set_key in ("ceiling", "forward"):
+                        results["runs"].append(bench.clean_run(lambda k=set_key, s=scenario: bench.run_ceiling(s, k)))
                     elif set_key == "node":
                         results["runs"].append(bench.clean_run(lambda s=scenario: bench.run_node(s)))
                     else:

@@ -8,6 +8,7 @@ from typing import Any
 SET_TITLES = {
     "passthrough": "nginx pass-through (baseline)",
     "ceiling": "framework ceiling: Flask on gunicorn+gevent, reads the body, answers 1",
+    "forward": "forwarding ceiling: the same, forwards the body verbatim to Mixpanel, answers its reply",
     "mixpanel": "Mixpanel only",
     "files": "Mixpanel + files",
     "s3": "Mixpanel + S3 (moto)",
@@ -143,7 +144,10 @@ def render(results: dict[str, Any]) -> str:
         "A Flask proxy on this stack does at least that much, so it cannot beat the ceiling; `events/s ÷ ceiling` is the "
         "share of that bound a proxy run reaches. Measured in the same run, right after the pass-through. Each request "
         "yields to gevent once (`gevent.sleep(0)`), as a proxy does at least once on its upstream round trip; without it "
-        "a worker keeps serving one keep-alive connection while the others starve.\n"
+        "a worker keeps serving one keep-alive connection while the others starve. The **forwarding ceiling** "
+        "(`bench.ceiling:forwarder`) is the same app sending each body on to the Mixpanel double verbatim through the "
+        "proxy's own HTTP client (`core/http.py`) and answering the double's reply: the least a proxy that forwards "
+        "each request does.\n"
     )
     for name in scenarios:
         these = [r for r in runs if r.get("scenario") == name]
@@ -216,16 +220,25 @@ def render(results: dict[str, Any]) -> str:
             "waits (up to `--quiet-wait` s) for the machine to be nearly idle, and repeats a run (`--retries`) when other "
             "jobs took more than 10% of the machine; runs still disturbed are marked ⚠ in the tables above.\n"
         )
-        w("| run | attempt | machine busy % | proxy CPU-s | nginx + moto CPU-s | wrk CPU-s | other CPU-s | waited for quiet s |")
-        w("|---|---:|---:|---:|---:|---:|---:|---:|")
+        w(
+            "| run | attempt | machine busy % | proxy CPU-s | nginx + moto CPU-s | wrk CPU-s | other CPU-s "
+            "| waited for quiet s | proxy GC passes, s |"
+        )
+        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in measured:
             m = r["machine"]
+            gc = r.get("gc")
+            collected = f"{gc['passes']:.0f}, {gc['seconds']:.3f}" if gc else "–"
             w(
                 f"| {r['tag']} | {r.get('attempt', 1)} | {m['busy_percent']:.0f} | {m['proxy_cpu_s']:.1f} "
                 f"| {m['nginx_moto_cpu_s']:.1f} | {m['wrk_cpu_s']:.1f} | {m['other_cpu_s']:.1f} "
-                f"| {m.get('waited_for_quiet_s', 0):.0f} |"
+                f"| {m.get('waited_for_quiet_s', 0):.0f} | {collected} |"
             )
-        w("")
+        w(
+            "\nproxy GC passes, s: the garbage collector's passes in both workers over the proxy's whole life "
+            "(preflight, warm-up and measured window) and the time they took (`mpproxy_gc_collections_total`, "
+            "`mpproxy_gc_seconds_total`, read just before the proxy stopped; proxy/memory.py).\n"
+        )
 
     if isolation.get("runs"):
         out.extend(render_isolation(isolation, runs))
@@ -633,6 +646,7 @@ def round_two(runs: list[dict], ceiling: dict[str, dict], isolation: dict) -> li
     ]
     out.append(vs("files", "browser", 0.35, "browser batches, Mixpanel + files", p99=100))
     out.append(vs("mixpanel", "browser", 0.5, "browser batches, Mixpanel only"))
+    out += forwarding_budget(run("forward", "browser"), ceiling.get("browser"), run("mixpanel", "browser"))
     out.append(vs("files-batch", "single", 0.5, "single events, Mixpanel + files, `MIXPANEL_DELIVERY=batch`"))
     out.append(vs("files", "single", 0.0, "single events, Mixpanel + files, `sync` (reported, no target)"))
     iso = {r["set"]: r for r in (isolation.get("runs") or [])}
@@ -667,12 +681,47 @@ def round_two(runs: list[dict], ceiling: dict[str, dict], isolation: dict) -> li
     return out
 
 
+def _cpu_us_per_request(run: dict) -> float | None:
+    per_10k = run.get("cpu_s_per_10k_events")
+    events = (run.get("events_measured") or 0) / max(1, (run.get("wrk") or {}).get("ok_requests") or 1)
+    return per_10k * events / 10_000 * 1e6 if per_10k and events else None
+
+
+def forwarding_budget(forward: dict | None, top: dict | None, mixpanel: dict | None) -> list[str]:
+    """What forwarding alone takes of the ceiling, and what the 0.5x target then leaves for
+    the proxy's own work per request (CPU, all cores busy in every run)."""
+    if not forward or not top:
+        return ["| … forwarding alone: the forwarding ceiling | reported | not measured (`--sets forward`) | – |"]
+    rows = [
+        f"| … forwarding alone: the forwarding ceiling (`bench.ceiling:forwarder`) | reported "
+        f"| {forward['events_per_s'] / top['events_per_s']:.2f}× ({_num(forward['events_per_s'])} vs "
+        f"{_num(top['events_per_s'])} events/s) | – |"
+    ]
+    c_top, c_fwd = _cpu_us_per_request(top), _cpu_us_per_request(forward)
+    c_mp = _cpu_us_per_request(mixpanel) if mixpanel else None
+    if c_top and c_fwd and c_mp:
+        budget, spent = 2 * c_top - c_fwd, c_mp - c_fwd
+        rows.append(
+            f"| … CPU per request the 0.5× target leaves for the proxy's own work (2 × ceiling − forwarding ceiling) "
+            f"against what it spends (Mixpanel only − forwarding ceiling) | spent ≤ budget | budget {budget:,.0f} µs "
+            f"(2 × {c_top:,.0f} − {c_fwd:,.0f}), spent {spent:,.0f} µs ({spent / budget:.1f}× the budget) "
+            f"| {_verdict(spent <= budget)} |"
+        )
+        rows.append(
+            f"| browser batches, Mixpanel only ÷ the forwarding ceiling (proposed) | reported "
+            f"| {mixpanel['events_per_s'] / forward['events_per_s']:.2f}× ({_num(mixpanel['events_per_s'])} vs "
+            f"{_num(forward['events_per_s'])} events/s) | – |"
+        )
+    return rows
+
+
 def memory_target(runs: list[dict], isolation: dict) -> str:
     """Every proxy run's peak RSS per worker against what MAX_BUFFER_BYTES allows: the
     Mixpanel-only run (nothing buffered) plus, per buffering destination, its buffer, the
     chunk a flush holds and a spill being written (3 x MAX_BUFFER_BYTES)."""
     limit_mib = (isolation.get("defaults") or {}).get("MAX_BUFFER_BYTES", 64 << 20) / (1 << 20)
-    measured = [(f"{r.get('set')}-{r.get('scenario')}", _peak_mib(r)) for r in runs if r.get("set") not in ("node", "ceiling")]
+    references = ("node", "ceiling", "forward")
+    measured = [(f"{r.get('set')}-{r.get('scenario')}", _peak_mib(r)) for r in runs if r.get("set") not in references]
     measured += [(f"isolation {r.get('set')}", _peak_mib(r)) for r in isolation.get("runs") or []]
     measured = [(name, mib) for name, mib in measured if mib is not None]
     base = [mib for name, mib in measured if name.startswith("mixpanel-") or name == "isolation baseline"]

@@ -3,7 +3,8 @@
 In a fresh interpreter, what tune_gc promises: the objects that exist are frozen, the young
 generation's threshold is raised (never lowered), and garbage cycles are still collected,
 each pass counted in /metrics. Under real gunicorn with 32 connections at once: a worker
-serves browser batches with (almost) no passes. What that saves is measured in bench/.
+serves browser batches with (almost) no passes, and the master, which imports the worker
+class, has not loaded the metrics. What that saves is measured in bench/.
 """
 
 from __future__ import annotations
@@ -81,3 +82,12 @@ def test_a_worker_serves_concurrent_batches_without_collector_passes(run_proxy, 
     older = metric_sum(proxy.url, "mpproxy_gc_collections_total", generation="1")
     older += metric_sum(proxy.url, "mpproxy_gc_collections_total", generation="2")
     assert young <= len(bodies) / 50 and older == 0, (young, older)
+
+
+def test_the_gunicorn_master_does_not_load_the_metrics():
+    # The master imports proxy.worker for its worker class before on_starting sets
+    # PROMETHEUS_MULTIPROC_DIR; metrics loaded then would count per worker, not in the
+    # shared directory, and /metrics would show one worker's numbers.
+    code = "import sys, proxy.worker; print('core.metrics' in sys.modules, 'prometheus_client' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
