@@ -11,6 +11,8 @@ starve, and the ceiling's p99 (300-560 ms in a trial) would say nothing about th
 
 The reply bodies are the Mixpanel double's (bench/procs.py NGINX_CONF), byte for byte.
 gunicorn.conf.py's drain looks for `app.extensions["mpproxy"]`; this app has none, so it does nothing.
+Its workers get the proxy's garbage-collector tuning all the same (post_worker_init,
+proxy/memory.py), so the ceiling stays the stack's best.
 
 `forwarder` (`bench.ceiling:forwarder`, the `forward` set) is the second stick: the same app,
 except that each /track, /engage, /groups or /import request's body is sent on to the Mixpanel

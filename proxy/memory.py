@@ -17,13 +17,13 @@ libraries (musl, macOS) this does nothing.
 
 CPython's cyclic garbage collector starts a young-generation pass whenever tracked
 containers (dicts, lists, objects) allocated outnumber those freed by 700. A 50-event
-browser batch keeps several thousand of them alive while it is handled (each event's
-dict and properties, its row), so with 32 requests in flight a worker ran a pass every
+browser batch holds a few hundred of them while it is handled (each event's dict and
+properties, its record, its row), so with 32 requests in flight a worker ran a pass every
 second or third request, promoted the live requests' objects to the older generations,
 and every few seconds walked everything in the process in a full pass of about 50 ms
 (the ~50,000 objects the imports leave behind). Measured with gc.callbacks under the
-benchmark's load (browser batches, Mixpanel + files): 0.8-1.0 s of collection per worker
-in a 14 s run, about 6% of its CPU. `tune_gc()`, run once per gunicorn worker when it
+benchmark's load (browser batches, Mixpanel + files): 0.75-1.0 s of collection per
+worker in a 14 s run, about 6% of its CPU. `tune_gc()`, run once per gunicorn worker when it
 starts serving, freezes what exists then (imports, the app, its destinations: never
 garbage, never scanned again) and lets the young generation grow to 10,000 before a
 pass. Objects a request makes are freed by reference counting when it ends, so passes
