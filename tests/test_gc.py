@@ -10,6 +10,7 @@ class, has not loaded the metrics. What that saves is measured in bench/.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -49,7 +50,9 @@ print(json.dumps({"frozen": frozen, "threshold": threshold, "passes": passes, "s
 
 
 def probe(mode: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True)
+    # The probe reads the counters from its own registry: single-process metrics.
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout)
 
 
