@@ -189,6 +189,30 @@ def test_the_fast_browser_path_decodes_exactly_like_the_form_parser(body):
     assert outcome(lambda: _loads(fast, "data")) == outcome(lambda: decode_data_value(fields["data"]))
 
 
+@pytest.mark.parametrize("escapes", [0, 1, 63, 64, 65, 500])
+def test_the_fast_browser_path_unescapes_any_number_of_escapes(escapes):
+    # Both ways of undoing escapes: a piece per escape up to _FEW_ESCAPES, replace beyond.
+    from urllib.parse import parse_qsl
+
+    from proxy.payloads import _FEW_ESCAPES, _fast_base64_form, decode_data_value
+
+    assert _FEW_ESCAPES == 64
+    value = {"text": "?>~" * 800}  # JSON whose base64 is full of `+`
+    raw = base64.b64encode(json.dumps(value).encode()).decode()
+    assert raw.count("+") + raw.count("/") >= 500
+    out, done = [], 0
+    for char in raw:
+        if char in "+/=" and done < escapes:
+            out.append("%2B" if char == "+" else "%2f" if char == "/" else "%3D")
+            done += 1
+        else:
+            out.append(char)
+    body = ("data=" + "".join(out)).encode()
+    assert done == escapes
+    assert json.loads(_fast_base64_form(body)) == value
+    assert decode_data_value(dict(parse_qsl(body.decode()))["data"]) == value
+
+
 base64ish = st.text(
     alphabet=st.sampled_from("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/" + "=" * 8 + "-_ \n&%*"),
     max_size=40,
