@@ -682,9 +682,8 @@ def round_two(runs: list[dict], ceiling: dict[str, dict], isolation: dict) -> li
 
 
 def _cpu_us_per_request(run: dict) -> float | None:
-    per_10k = run.get("cpu_s_per_10k_events")
-    events = (run.get("events_measured") or 0) / max(1, (run.get("wrk") or {}).get("ok_requests") or 1)
-    return per_10k * events / 10_000 * 1e6 if per_10k and events else None
+    requests = (run.get("wrk") or {}).get("ok_requests")
+    return run["cpu_seconds"] / requests * 1e6 if run.get("cpu_seconds") and requests else None
 
 
 def forwarding_budget(forward: dict | None, top: dict | None, mixpanel: dict | None) -> list[str]:

@@ -243,24 +243,21 @@ _FORM_ESCAPE = {e[1:]: c for escape, c in _FORM_ESCAPES for e in (escape, escape
 _FEW_ESCAPES = 64
 
 
-def _unescape_few(value: bytes) -> bytes | None | object:
-    """`value` with its `%2B`, `%2F` and `%3D` escapes undone when it has at most
-    _FEW_ESCAPES of them, None when it has more, _MISS when one is anything else.
-    Base64 of ASCII JSON holds few `+` and `/` (only `>`, `?`, `~` and DEL at one position
-    of three make them), so the escapes are found with `find` (memchr) and the pieces
-    between them joined once: a single pass, where counting and splitting took two and
-    replacing would take one per escape. No escape at all: `value` itself."""
+def _unescape_few(value: bytes) -> bytes | None:
+    """`value` with its `%2B`, `%2F` and `%3D` escapes undone, when it holds at most
+    _FEW_ESCAPES escapes and only those; else None. Base64 of ASCII JSON holds few `+` and
+    `/` (only `>`, `?`, `~` and DEL at one position of three make them), so the escapes
+    are found with `find` (memchr) and the pieces between them joined once: one pass,
+    where counting and splitting took two and replacing takes one per kind of escape."""
     at = value.find(b"%")
     if at < 0:
         return value
     parts: list[bytes] = []
     start = 0
     while at >= 0:
-        if len(parts) >= 2 * _FEW_ESCAPES:
-            return None
         char = _FORM_ESCAPE.get(value[at + 1 : at + 3])
-        if char is None:
-            return _MISS
+        if char is None or len(parts) >= 2 * _FEW_ESCAPES:
+            return None
         parts += (value[start:at], char)
         start = at + 3
         at = value.find(b"%", start)
@@ -278,11 +275,9 @@ def _fast_base64_form(body: bytes) -> bytes | None:
         return None
     value = body[5:]
     unescaped = _unescape_few(value)
-    if unescaped is _MISS:
-        return None  # an escape other than +, / and =: the general path says what is wrong
     if unescaped is not None:
         value = unescaped
-    else:  # many escapes: one replace per kind costs less than a piece per escape
+    else:  # many escapes, or another kind (left as `%`, which sends the body down the general path)
         for escape, char in _FORM_ESCAPES:
             value = value.replace(escape, char)
         if b"%" in value:
