@@ -18,6 +18,11 @@ from core.settings import ConfigError
 MIN_FREE_BYTES = 1 << 20
 
 
+class DiskFull(ConfigError):
+    """check_writable_dir's error when the directory is usable but its disk is full: a
+    worker can wait for space (and refuse meanwhile) where the master refuses to start."""
+
+
 def write_atomically(path: Path, data: bytes | bytearray) -> None:
     """Write `data` to a temporary name beside `path`, fsync it, rename it into place: a
     reader sees the whole file or none of it. Raises OSError (the temporary file removed)."""
@@ -47,7 +52,7 @@ def free_bytes(path: str | Path) -> int:
 def check_writable_dir(path: str, variable: str, min_free: int = MIN_FREE_BYTES) -> None:
     """Create `path` if missing and prove it takes `min_free` bytes (written, fsynced and
     removed). Raises ConfigError with one line naming `variable` when the directory is
-    read-only, not a directory, or its disk is full."""
+    read-only, not a directory, or its disk is full (DiskFull, a ConfigError)."""
     where = f"{variable.upper()}={path!r}"
     probe = Path(path) / f".probe-{os.getpid()}"
     try:
@@ -59,7 +64,8 @@ def check_writable_dir(path: str, variable: str, min_free: int = MIN_FREE_BYTES)
         finally:
             os.close(fd)
     except OSError as exc:
-        raise ConfigError(f"{where} cannot be used: {_reason(exc)}") from None
+        error = DiskFull if is_disk_full(exc) else ConfigError
+        raise error(f"{where} cannot be used: {_reason(exc)}") from None
     finally:
         try:
             probe.unlink()
@@ -80,8 +86,12 @@ def _reserve(fd: int, size: int) -> None:
     os.write(fd, b"\0" * size)
 
 
+def is_disk_full(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def _reason(exc: OSError) -> str:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if is_disk_full(exc):
         return "the disk is full (no space left on device)"
     if exc.errno == errno.EROFS:
         return "the file system is read-only"

@@ -69,6 +69,18 @@ def workers(server: Server) -> list[int]:
     return sorted(int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
 
 
+def wait_for_buffer_homes(buffer_dir: Path, server: Server, count: int) -> list[int]:
+    """Wait until `count` workers have booted and claimed their directory under BUFFER_DIR;
+    returns their pids. (A worker still booting when a test fills the disk would start on a
+    full disk, which test_a_worker_started_on_a_full_disk_refuses_until_there_is_room covers.)"""
+
+    def claimed() -> list[int]:
+        return [pid for pid in workers(server) if any(buffer_dir.glob(f"*-{pid}-*"))]
+
+    wait_until(lambda: len(claimed()) == count, 60, 0.1, what=f"{count} workers to claim their buffer directories")
+    return claimed()
+
+
 def busiest_worker(buffer_dir: Path, pids: list[int]) -> int:
     def held(pid: int) -> int:
         return sum(p.stat().st_size for owner in buffer_dir.glob(f"*-{pid}-*") for p in owner.glob("*.seg"))
@@ -279,6 +291,8 @@ def test_disk_full_answers_503_and_loses_nothing_acknowledged(env, tmp_path, tmp
     try:
         before = run_load(f"{url}/track/", 50, 20, threads=4, run=f"full-{mode}-0")
         assert before.statuses == {200: 50}
+        if mode == "disk":
+            wait_for_buffer_homes(disk / "buffer", server, 2)
         filler = _fill(disk)
         load = run_load(f"{url}/track/", 600, 20, threads=4, run=f"full-{mode}")
         assert load.statuses.get(503, 0) > 0, load.statuses
@@ -300,6 +314,46 @@ def test_disk_full_answers_503_and_loses_nothing_acknowledged(env, tmp_path, tmp
     print(f"  HTTP statuses while full: {load.statuses}; /health of a refusing worker: {_readiness(health.json())}")
     assert stopped == 0
     assert counts["lost"] == 0 and counts["duplicates"] == 0 and counts["never_sent"] == 0
+
+
+def test_a_worker_started_on_a_full_disk_refuses_until_there_is_room(env, tmp_path, tmpfs):
+    """A worker that starts while BUFFER_DIR's disk is full (gunicorn replacing one that
+    crashed, or one that reached MAX_REQUESTS) cannot claim its directory. It must start and
+    answer 503 no_space until space is freed, not exit: gunicorn's master takes a worker
+    that fails to boot for "App failed to load" and shuts the whole server down."""
+    disk = tmpfs(tmp_path / "disk", "16m")
+    env.update(DATA_DIR=str(disk / "data"), DEAD_LETTER_DIR=str(disk / "spool"), BUFFER_DIR=str(disk / "buffer"))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = gunicorn(env, port, workers=1, log=tmp_path / "gunicorn.log")
+    try:
+        before = run_load(f"{url}/track/", 20, 20, threads=2, run="boot-full-0")
+        assert before.statuses == {200: 20}
+        [first] = wait_for_buffer_homes(disk / "buffer", server, 1)
+        filler = _fill(disk)
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: len(pids := workers(server)) == 1 and first not in pids, 60, 0.1, what="another worker")
+        [second] = workers(server)
+        load = LoadResult()
+        health = health_of_a_refusing_worker(url, load)
+        assert health.status_code == 503, health.text
+        assert health.json()["buffer"].get("refusing") == "no_space", health.text
+        assert workers(server) == [second], "the worker started on a full disk exited"
+        filler.unlink()
+        wait_until(lambda: requests.get(f"{url}/health?ready=1", timeout=5).status_code == 200, 30, 0.5, what="readiness")
+        after = run_load(f"{url}/track/", 20, 20, threads=2, run="boot-full-after")
+        assert after.statuses == {200: 20}
+        load.accepted |= before.accepted | after.accepted
+        # What the killed worker acknowledged is adopted from its directory once there is room.
+        wait_until(lambda: load.accepted <= set(landed(env)), 60, 0.5, what="every acknowledged event to land")
+    except BaseException:
+        print(server.log()[-4000:])
+        raise
+    finally:
+        stopped = server.stop()
+    counts = report("worker started on a full disk", load, landed(env))
+    print(f"  /health of the worker started on a full disk: {_readiness(health.json())}")
+    assert counts["lost"] == 0 and stopped == 0
 
 
 @pytest.mark.parametrize("mode", ["disk", "memory"])

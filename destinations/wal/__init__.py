@@ -99,7 +99,8 @@ class DiskBuffer:
 def open_buffer(settings: Settings, destinations: list[Any]) -> DiskBuffer | None:
     """The disk buffer for the destinations that buffer rows, or None (BUFFER=memory, or
     every destination writes inside the request). Raises ConfigError (one line) when
-    BUFFER_DIR is read-only or its disk is full."""
+    BUFFER_DIR is read-only or not a directory. A full disk does not stop a worker: it
+    answers 503 (no_space) until there is room (gunicorn.conf.py refuses to start on one)."""
     if settings.buffer != "disk":
         return None
     buffered = [d for d in destinations if isinstance(d, RowDestination) and d.config.mode == "batch"]
@@ -109,7 +110,7 @@ def open_buffer(settings: Settings, destinations: list[Any]) -> DiskBuffer | Non
     buffer = DiskBuffer(config, buffered)
     logger.info(
         "write-ahead buffer in %s (fsync %s, at most %d bytes) for %s",
-        buffer.wal.home,
+        buffer.wal.home or f"{config.directory} (once it has room)",
         fsync_name(config.fsync_ms),
         config.max_bytes,
         ", ".join(buffer.names),

@@ -42,7 +42,7 @@ from typing import Any
 
 from core import green, metrics
 from core.settings import ConfigError
-from core.storage import MIN_FREE_BYTES, check_writable_dir, free_bytes
+from core.storage import MIN_FREE_BYTES, DiskFull, check_writable_dir, free_bytes, is_disk_full
 from destinations.wal.segments import ACK_SUFFIX, SUFFIX, BufferFull, Piece, SegmentFile, ack_lines, ack_path, pack
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,6 @@ class WriteAheadLog:
     def __init__(self, config: BufferConfig) -> None:
         self.config = config
         self.root = Path(config.directory)
-        check_writable_dir(config.directory, "buffer_dir")
         self._lock = threading.Lock()
         self.segments: dict[int, Segment] = {}
         self._active: Segment | None = None
@@ -119,13 +118,35 @@ class WriteAheadLog:
         self._syncer: green.NativeThread | None = None
         self._closed = False
         self._ack_error_logged = False
-        try:
-            self.home, self._lock_fd = self._claim_home()
-        except OSError as exc:
-            raise ConfigError(f"BUFFER_DIR={config.directory!r} cannot be used: {exc.strerror or exc}") from None
-        self._dir_fd = os.open(self.home, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        # Our directory under BUFFER_DIR: None only while the disk is too full to create it.
+        self.home: Path | None = None
+        self._lock_fd = self._dir_fd = -1
+        if not self._open_home():
+            self._refusing = "no_space"
+            log.warning(
+                "write-ahead buffer: BUFFER_DIR=%r is full; refusing requests (503) until space is freed",
+                config.directory,
+            )
 
     # -- the worker's own directory ---------------------------------------------------------
+    def _open_home(self) -> bool:
+        """Claim our directory; False if the disk is too full for it (tick() tries again once
+        there is room: a worker started while the disk is full refuses requests rather than
+        taking the whole server down). Raises ConfigError if BUFFER_DIR cannot be used at all."""
+        try:
+            check_writable_dir(self.config.directory, "buffer_dir")
+            home, lock_fd = self._claim_home()
+        except DiskFull:
+            return False
+        except OSError as exc:
+            if is_disk_full(exc):
+                return False
+            raise ConfigError(f"BUFFER_DIR={self.config.directory!r} cannot be used: {exc.strerror or exc}") from None
+        dir_fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        with self._lock:
+            self.home, self._lock_fd, self._dir_fd = home, lock_fd, dir_fd
+        return True
+
     def _claim_home(self) -> tuple[Path, int]:
         """Create our directory under a temporary name, lock it, then rename it into view:
         a directory another worker can see always has a held (or released) lock."""
@@ -142,6 +163,8 @@ class WriteAheadLog:
         return self.root / name, fd
 
     def _open_segment(self) -> Segment:
+        if self.home is None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         self._seq += 1
         path = self.home / f"{self._seq:06d}{SUFFIX}"
         segment = Segment(self._seq, path)
@@ -184,7 +207,7 @@ class WriteAheadLog:
                 index, size = segment.file.append(packed)
             except OSError as exc:
                 # SegmentFile.append cut the file back: the segment stays usable once writes work again.
-                reason = "no_space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "write_error"
+                reason = "no_space" if is_disk_full(exc) else "write_error"
                 self._refusing = reason
                 raise BufferFull(f"cannot write to BUFFER_DIR: {exc.strerror or exc}", reason) from None
             segment.size += size
@@ -376,9 +399,17 @@ class WriteAheadLog:
         or that is too old, then refresh the gauges and what other workers hold."""
         others = self._others_bytes()
         try:
-            free = free_bytes(self.home)
+            free = free_bytes(self.root)
         except OSError:
             free = 0
+        if self.home is None and free >= MIN_FREE_BYTES:
+            try:
+                if self._open_home():
+                    log.info("write-ahead buffer: BUFFER_DIR has room again; buffering in %s", self.home)
+            except ConfigError as exc:  # no longer just full (made read-only meanwhile, ...): keep refusing
+                if self._refusing != "write_error":
+                    log.error("write-ahead buffer: %s", exc)
+                self._refusing = "write_error"
         with self._lock:
             self.others = others
             active = self._active
@@ -391,7 +422,7 @@ class WriteAheadLog:
                 self._seal(active)
             if self._refusing == "buffer_full" and self.bytes + self.others < self.config.max_bytes * 0.9:
                 self._refusing = None
-            elif self._refusing in ("no_space", "write_error") and free >= MIN_FREE_BYTES:
+            elif self._refusing in ("no_space", "write_error") and free >= MIN_FREE_BYTES and self.home is not None:
                 self._refusing = None  # the next append will tell whether writes work again
             metrics.DISK_BUFFER_BYTES.set(self.bytes)
             metrics.DISK_BUFFER_SEGMENTS.set(len(self.segments))
@@ -422,7 +453,7 @@ class WriteAheadLog:
             oldest = min((s.created for s in self.segments.values()), default=None)
             return {
                 "mode": "disk",
-                "dir": str(self.home),
+                "dir": None if self.home is None else str(self.home),
                 "fsync": fsync_name(self.config.fsync_ms),
                 "bytes": self.bytes,
                 "other_workers_bytes": self.others,
@@ -453,6 +484,8 @@ class WriteAheadLog:
                 if segment.ack_fd >= 0:
                     os.close(segment.ack_fd)
                     segment.ack_fd = -1
+            if self.home is None:
+                return
             left = list(self.home.rglob(f"*{SUFFIX}"))  # ours, and adopted ones not delivered yet
             if left:
                 log.warning(

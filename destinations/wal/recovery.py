@@ -78,6 +78,8 @@ class Recovery:
 
     def _round_once(self) -> int:
         self.wal.tick()
+        if self.wal.home is None:
+            return 0  # the disk is too full for our own directory: nothing can be adopted into it
         self.claim()
         fed = 0
         for path in self._pending():
