@@ -21,6 +21,18 @@ through the proxy's own HTTP client (core/http.py), and the double's answer is t
 No decoding, no gzip, no storage: the least a proxy that forwards each request must do. The
 proxy's Mixpanel-only runs do this plus reading, checking, normalising and re-encoding the
 records; `events/s ÷ forwarding ceiling` is the share of this bound they reach.
+
+`decoder` (`bench.ceiling:decoder`, the `decode` set) is the forwarder plus decoding each body
+with the proxy's own decoder (proxy/payloads.py: pybase64 and orjson, as fast as this project
+knows how), and nothing else: no checks, no normalising. A Mixpanel-only proxy must at least
+decode what it forwards (to count and check it), so none on this stack with these libraries beats it.
+
+`essentials` (`bench.ceiling:essentials`, the `essential` set) is the decoder plus the least
+that keeping the records as rows takes: it encodes each record as one NDJSON line with orjson
+and feeds the lines to a streaming ISA-L gzip at the lake's default level, as a lake buffer
+does. No checks, no normalising, no row columns, no buffering, no files: each of those only
+adds work. So no Mixpanel + files proxy on this stack with these libraries can beat it, and
+`Mixpanel + files ÷ essential-work ceiling` is the share of that bound the proxy reaches.
 """
 
 from __future__ import annotations
@@ -28,12 +40,17 @@ from __future__ import annotations
 import os
 
 import gevent
+import orjson
 from flask import Flask, Response, request
 
+from core import codec
 from core.http import ConnectionPool
+from proxy.payloads import decode
 
 app = Flask(__name__)
 forwarder = Flask(f"{__name__}.forwarder")
+decoder = Flask(f"{__name__}.decoder")
+essentials = Flask(f"{__name__}.essentials")
 
 METHODS = ["GET", "POST"]
 
@@ -70,6 +87,8 @@ def import_() -> Response:
 
 @app.route("/ping")
 @forwarder.route("/ping")
+@decoder.route("/ping")
+@essentials.route("/ping")
 def ping() -> Response:
     return Response("1", mimetype="text/plain")  # the harness's readiness check
 
@@ -80,6 +99,30 @@ _upstream: list[ConnectionPool] = []  # made on first use, in the worker (after 
 @forwarder.route("/<any(track, engage, groups, import):endpoint>", methods=METHODS)
 @forwarder.route("/<any(track, engage, groups, import):endpoint>/", methods=METHODS)
 def forward(endpoint: str) -> Response:
+    return _forward()
+
+
+@decoder.route("/<any(track, engage, groups, import):endpoint>", methods=METHODS)
+@decoder.route("/<any(track, engage, groups, import):endpoint>/", methods=METHODS)
+def decode_only(endpoint: str) -> Response:
+    decode(request.get_data(), request.args, request.headers.get("Content-Encoding"))
+    return _forward()
+
+
+_lake: list = []  # one streaming gzip per worker, as a lake buffer keeps; its output is not stored
+
+
+@essentials.route("/<any(track, engage, groups, import):endpoint>", methods=METHODS)
+@essentials.route("/<any(track, engage, groups, import):endpoint>/", methods=METHODS)
+def essential(endpoint: str) -> Response:
+    records = decode(request.get_data(), request.args, request.headers.get("Content-Encoding")).items
+    if not _lake:
+        _lake.append(codec.compressor(6))  # LAKE_GZIP_LEVEL's default (destinations/lake.py)
+    _lake[0].compress(b"".join([orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE) for record in records]))
+    return _forward()
+
+
+def _forward() -> Response:
     if not _upstream:
         _upstream.append(ConnectionPool(os.environ["MIXPANEL_API_HOST"]))
     target = request.full_path if request.query_string else request.path

@@ -35,10 +35,18 @@ WORKERS = 2
 CEILING_APP = "bench.ceiling:app"
 # The forwarding ceiling: the same, but each body goes on to the Mixpanel double verbatim.
 FORWARD_APP = "bench.ceiling:forwarder"
+# The decoding ceiling: the forwarder, plus decoding each body with the proxy's decoder.
+DECODE_APP = "bench.ceiling:decoder"
+# The essential-work ceiling: the forwarder, plus decoding and one gzipped NDJSON line per record.
+ESSENTIAL_APP = "bench.ceiling:essentials"
+# The reference apps in bench/ceiling.py, by set; they run right after the pass-through, in this order.
+CEILING_APPS = {"ceiling": CEILING_APP, "forward": FORWARD_APP, "decode": DECODE_APP, "essential": ESSENTIAL_APP}
 SETS: dict[str, tuple[str, str]] = {
     # key: (DESTINATIONS, title); `ceiling` is not the proxy and has no destinations
     "ceiling": ("", "framework ceiling: Flask on gunicorn+gevent, reads the body, answers 1"),
     "forward": ("", "forwarding ceiling: the same, forwards the body verbatim to Mixpanel"),
+    "decode": ("", "decoding ceiling: forwards verbatim, decodes the body with the proxy's decoder"),
+    "essential": ("", "essential-work ceiling: forwards, decodes, gzips one NDJSON line per record"),
     "mixpanel": ("mixpanel", "Mixpanel only"),
     "files": ("mixpanel,files", "Mixpanel + files"),
     "s3": ("mixpanel,s3", "Mixpanel + S3 (moto)"),
@@ -404,11 +412,12 @@ class Bench:
 
     def run_ceiling(self, scenario: Scenario, set_key: str = "ceiling") -> dict:
         """bench/ceiling.py on the proxy's stack: what any Flask proxy here can do at best (`ceiling`),
-        or any that forwards each request to Mixpanel (`forward`). Nothing to count."""
+        or any that forwards each request to Mixpanel (`forward`), and also decodes it (`decode`),
+        and also keeps its records as gzipped rows (`essential`). Nothing to count."""
         tag = f"{set_key}-{scenario.name}"
-        app, env = CEILING_APP, {"LOG_LEVEL": "WARNING"}
-        if set_key == "forward":
-            app, env["MIXPANEL_API_HOST"] = FORWARD_APP, f"http://127.0.0.1:{self.nginx.mixpanel_port}"
+        app, env = CEILING_APPS[set_key], {"LOG_LEVEL": "WARNING"}
+        if set_key != "ceiling":
+            env["MIXPANEL_API_HOST"] = f"http://127.0.0.1:{self.nginx.mixpanel_port}"
         server = procs.Gunicorn(env, self.out / f"gunicorn-{tag}.log", WORKERS, app=app)
         log(f"{tag}: {app}, {scenario.connections} connections, {self.args.duration:g}s")
         server.start()
@@ -902,12 +911,13 @@ def main(argv: list[str] | None = None) -> int:
         results["scenarios"] = {k: vars(v) | {"authorization": bool(v.authorization)} for k, v in SCENARIOS.items()}
         if not args.skip_matrix:
             # The ceilings right after the pass-through, whatever the order in --sets: the references first.
-            sets = sorted(args.sets.split(","), key=lambda k: (k != "ceiling", k != "forward"))
+            order = list(CEILING_APPS)
+            sets = sorted(args.sets.split(","), key=lambda k: order.index(k) if k in order else len(order))
             for name in args.scenarios.split(","):
                 scenario = SCENARIOS[name]
                 results["runs"].append(bench.clean_run(lambda s=scenario: bench.run_passthrough(s)))
                 for set_key in sets:
-                    if set_key in ("ceiling", "forward"):
+                    if set_key in CEILING_APPS:
                         results["runs"].append(bench.clean_run(lambda k=set_key, s=scenario: bench.run_ceiling(s, k)))
                     elif set_key == "node":
                         results["runs"].append(bench.clean_run(lambda s=scenario: bench.run_node(s)))
