@@ -151,6 +151,34 @@ def run_all(calls: Sequence[Callable[[], T]]) -> list[T]:
     return [g.value for g in greenlets]
 
 
+def each(function: Callable[[T], None], items: Sequence[T], concurrency: int) -> None:
+    """Call `function` on every item in order, with up to `concurrency` calls running at once
+    when gevent drives this process (one after another otherwise). Once a call raises, no
+    further calls start; the first error is raised here after the running ones finish."""
+    if concurrency <= 1 or len(items) <= 1 or not patched():
+        for item in items:
+            function(item)
+        return
+    errors: list[BaseException] = []
+
+    def call(item: T) -> None:
+        if errors:
+            return
+        try:
+            function(item)
+        except Exception as exc:  # noqa: BLE001 - raised below, in the caller
+            errors.append(exc)
+
+    pool = Pool(concurrency)
+    for item in items:
+        if errors:
+            break
+        pool.spawn(call, item)  # waits while `concurrency` calls are running
+    pool.join()
+    if errors:
+        raise errors[0]
+
+
 def init_grpc() -> None:
     """gRPC must cooperate with gevent's loop when the process is patched (Pub/Sub, the
     BigQuery Storage Write API); call before the first gRPC client is made."""

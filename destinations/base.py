@@ -141,6 +141,9 @@ class Capabilities:
                      counts writes against a daily quota, e.g. BigQuery's load jobs); rows
                      wait that long even when count or bytes are reached, and the buffer
                      spills to the dead letter only when it is full. Shutdown drains at once.
+    concurrency      how many writes of one flush may be out at once: for a service that
+                     takes many small requests (Mixpanel's 50-event /track), where one
+                     request at a time would leave the flush waiting on round trips.
     """
 
     takes: Takes = "rows"
@@ -149,6 +152,7 @@ class Capabilities:
     attempt_timeout: float = 30.0
     idempotent: bool = False
     min_flush_seconds: float = 0.0
+    concurrency: int = 1
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from core import metrics
+from core import green, metrics
 from core.records import Ingest, Kind
 from core.retry import PermanentError, RetriesExhausted, RetryPolicy, short_error
 from core.settings import Settings
@@ -46,6 +46,13 @@ log = logging.getLogger(__name__)
 READINESS_PROBE_BYTES = 64 * 1024
 # How stale the buffer gauges (rows, bytes, oldest age) may be between flushes.
 GAUGE_SECONDS = 1.0
+# A buffer spilled at once goes to the dead letter in files of about this many encoded bytes.
+SPILL_FILE_BYTES = 8 * 1024 * 1024
+# A full buffer whose flush has finished no chunk for this long (nor begun) spills: the
+# destination is stuck (or retrying). While chunks keep finishing, a request waits for room instead.
+STALL_SECONDS = 1.0
+# The longest a request waits for room in a buffer whose flush is making progress.
+ROOM_WAIT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -189,6 +196,11 @@ class RowDestination:
         self._lock = threading.Lock()
         # Chunks a flush is delivering right now, so a drain can spool them if it is stuck.
         self._inflight: dict[int, tuple[str, Chunk]] = {}
+        # Bytes of the chunks flushes have taken out of the buffer and not yet finished (they
+        # count against MAX_BUFFER_BYTES too), and when a flush last began or finished a chunk.
+        self._flushing_bytes = 0
+        self._progress_at = time.monotonic()
+        self._room = threading.Condition(self._lock)
         self._chunk_rows = min(config.max_records, self.capabilities.max_rows)
         self._chunk_bytes = min(config.max_bytes, self.capabilities.max_bytes)
         self._wake = threading.Event()
@@ -449,21 +461,12 @@ class RowDestination:
         queued = 0
         now = self.clock()
         with self._lock:
-            # The drain may have begun while this request waited for the lock: nobody will
-            # flush the buffer again, so write through (see write()).
-            late = self._stop.is_set()
             incoming = sum(size for _table, _items, size, _ticket, _first in entries)
-            if (
-                spill
-                and not late
-                and self._inflight
-                and self._buffer.rows
-                and self._buffer.bytes + incoming > self.config.max_buffer_bytes
-            ):
-                # Full while a flush is still out: the destination is not keeping up. Spill the whole
-                # buffer in one go (a few large dead-letter writes) rather than every later request on
-                # its own (a file, an fsync and a log line each), and buffer this request afresh.
-                evicted, self._buffer = self._buffer, self._empty_buffer()
+            if spill and not self._stop.is_set():
+                evicted = self._make_room(incoming)
+            # The drain may have begun while this request waited for the lock (or for room):
+            # nobody will flush the buffer again, so write through (see write()).
+            late = self._stop.is_set()
             for table, items, size, ticket, first in [] if late else entries:
                 if spill and self._buffer.bytes + size > self.config.max_buffer_bytes:
                     spilled.append((table, items, ticket, first))
@@ -476,6 +479,8 @@ class RowDestination:
             pressure = min(self.config.max_bytes, self.config.max_buffer_bytes // 2)
             full = self._buffer.rows >= self.config.max_records or self._buffer.bytes >= pressure
             self._publish_gauges(now)
+        if evicted is not None:
+            self._evict(evicted)
         if late:
             result = self._write_now([(table, items, size) for table, items, size, _ticket, _first in entries], started)
             written = [(ticket, table, first, len(items)) for table, items, _size, ticket, first in entries if ticket is not None]
@@ -484,8 +489,6 @@ class RowDestination:
             return result
         if full:
             self._wake.set()
-        if evicted is not None:
-            self._evict(evicted)
         for table, items, ticket, first in spilled:
             # The destination is not keeping up: spill rather than grow (raises DeadLetterFull -> 503).
             self.state.state = "buffer_full"
@@ -495,22 +498,64 @@ class RowDestination:
         duration = (time.monotonic() - started) * 1000
         return WriteResult(self.name, "queued", queued, 0, duration, "buffer full: spooled" if spilled else None)
 
+    def _make_room(self, incoming: int) -> _Buffer | None:
+        """With the lock held: when `incoming` more bytes do not fit beside what is buffered
+        and what flushes hold, wait for room while flushes make progress: the proxy outruns
+        a working destination, and slowing requests down is the backpressure. Once they stop
+        making progress (the destination hangs, fails or is held by its quota), stop waiting;
+        if a flush is stuck with chunks out, take the whole buffer out to be spilled (returned)
+        in one go: a few large dead-letter writes rather than a file, an fsync and a log line
+        for every later request. What still does not fit then spills (see _enqueue)."""
+        limit = self.config.max_buffer_bytes
+        if incoming > limit:
+            return None  # never fits: it spills on its own
+        give_up = time.monotonic() + ROOM_WAIT_SECONDS
+        while self._buffer.bytes + self._flushing_bytes + incoming > limit:
+            now = time.monotonic()
+            if now - self._progress_at >= STALL_SECONDS or now >= give_up:
+                if self._inflight and self._buffer.rows:
+                    evicted, self._buffer = self._buffer, self._empty_buffer()
+                    return evicted
+                return None
+            self._wake.set()  # the flusher takes the buffer as soon as it runs
+            self._room.wait(min(STALL_SECONDS, give_up - now))
+        return None
+
     def _evict(self, evicted: _Buffer) -> None:
-        """Dead-letter a whole buffer taken out because its destination does not keep up. If
-        the dead letter cannot take it, what is left goes back into the buffer (and the
-        request that found the buffer full is answered 503)."""
+        """Dead-letter a whole buffer taken out because its destination does not keep up, in
+        files of about SPILL_FILE_BYTES (not one per chunk: Mixpanel's hold 50 rows). If the
+        dead letter cannot take it, what is left goes back into the buffer (and the request
+        that found the buffer full is answered 503)."""
         self.state.state = "buffer_full"
         pending = [(table, chunk) for table, chunks in evicted.tables.items() for chunk in chunks]
         log.warning(
-            "%s: buffer full while a flush is stuck; spilling %d buffered rows to the dead letter", self.name, evicted.rows
+            "%s: buffer full while a flush is still out (the destination does not keep up); spilling %d buffered "
+            "rows to the dead letter",
+            self.name,
+            evicted.rows,
         )
-        for index, (table, chunk) in enumerate(pending):
-            try:
-                self._spool_chunk(table, chunk, "buffer_full", 0)
-            except DeadLetterFull:
-                self._requeue(pending[index:], evicted.oldest)
-                raise
-            self._acknowledge(chunk)
+        items: list[Any] = []
+        size = 0
+        done = 0  # pending[:done] are spooled and acknowledged
+        try:
+            for index, (table, chunk) in enumerate(pending):
+                for piece in chunk.pieces():
+                    items += piece
+                    size += sum(len(item) if isinstance(item, bytes) else len(item[1]) for item in piece)
+                    if size >= SPILL_FILE_BYTES:
+                        self._spool(table, items, "buffer_full", 0)
+                        items, size = [], 0
+                last = index + 1 == len(pending) or pending[index + 1][0] != table
+                if items and last:
+                    self._spool(table, items, "buffer_full", 0)
+                    items, size = [], 0
+                if not items:  # every row up to this chunk is in the dead letter
+                    for _table, spooled in pending[done : index + 1]:
+                        self._acknowledge(spooled)
+                    done = index + 1
+        except DeadLetterFull:
+            self._requeue(pending[done:], evicted.oldest)
+            raise
 
     def _settle(self, pieces: list[Origin]) -> None:
         """Rows of write-ahead records that were taken at once (written in the request, or spilled)."""
@@ -567,33 +612,64 @@ class RowDestination:
             buffer, self._buffer = self._buffer, self._empty_buffer()
             if buffer.oldest is not None:
                 self._last_flush = self.clock()
+            pending = [(table, chunk) for table, chunks in buffer.tables.items() for chunk in chunks]
+            sizes = [chunk.nbytes for _table, chunk in pending]  # as counted now (a packed chunk shrinks when sealed)
+            self._flushing_bytes += sum(sizes)
+            if pending and self.state.state == "ok":  # a flush just begun on a working destination has not stalled yet
+                self._progress_at = time.monotonic()
             self._publish_gauges()
-        pending = [(table, chunk) for table, chunks in buffer.tables.items() for chunk in chunks]
         if not pending:
             return 0
         with self._sink_in_use():
-            return self._flush_chunks(pending, buffer.oldest, deadline)
+            return self._flush_chunks(pending, sizes, buffer.oldest, deadline)
 
-    def _flush_chunks(self, pending: list[tuple[str, Chunk]], oldest: float | None, deadline: float | None) -> int:
+    def _flush_chunks(
+        self, pending: list[tuple[str, Chunk]], sizes: list[int], oldest: float | None, deadline: float | None
+    ) -> int:
+        """Deliver `pending` chunks (of `sizes` bytes) in order, up to the sink's `concurrency`
+        at once. Each finished chunk gives its bytes back to the buffer's bound."""
         written = 0
-        for index, (table, chunk) in enumerate(pending):
+        undone = dict(enumerate(pending))  # in order; a chunk leaves once written or dead-lettered
+        full: list[DeadLetterFull] = []
+
+        def deliver(index: int) -> None:
+            nonlocal written
+            if full:
+                return
+            table, chunk = pending[index]
             with self._lock:
                 self._inflight[id(chunk)] = (table, chunk)
             try:
                 count, _error = self._deliver(table, chunk, deadline, key=id(chunk))
-            except DeadLetterFull:
-                # Neither the destination nor the dead letter took these rows: keep them, and the rest,
-                # for the next flush. Meanwhile requests are refused (503, see refusal()), so the buffer
-                # stays bounded. (Pieces of a chunk spooled before the spool filled up are sent again
-                # later: at least once, as everywhere.)
-                self._stalled = True
-                self._requeue(pending[index:], oldest)
-                raise
+            except DeadLetterFull as exc:
+                full.append(exc)
+                return
             finally:
                 with self._lock:
                     self._inflight.pop(id(chunk), None)
             self._acknowledge(chunk)
+            del undone[index]
             written += count
+            with self._lock:
+                self._flushing_bytes -= sizes[index]
+                if count or _error is None:  # rows reached the destination (dead-lettering is no progress)
+                    self._progress_at = time.monotonic()
+                self._room.notify_all()
+
+        try:
+            green.each(deliver, range(len(pending)), self.capabilities.concurrency)
+        finally:
+            with self._lock:  # what is still out goes back to the buffer (DeadLetterFull) or is gone
+                self._flushing_bytes -= sum(sizes[index] for index in undone)
+                self._room.notify_all()
+        if full:
+            # Neither the destination nor the dead letter took these rows: keep them, and the rest,
+            # for the next flush. Meanwhile requests are refused (503, see refusal()), so the buffer
+            # stays bounded. (Pieces of a chunk spooled before the spool filled up are sent again
+            # later: at least once, as everywhere.)
+            self._stalled = True
+            self._requeue(list(undone.values()), oldest)
+            raise full[0]
         return written
 
     def _requeue(self, chunks: list[tuple[str, Chunk]], oldest: float | None) -> None:

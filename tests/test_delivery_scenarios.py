@@ -141,6 +141,60 @@ def test_idle_flush_needs_no_new_request(env, tmp_path):
         server.stop()
 
 
+def test_mixpanel_batch_delivery_keeps_several_calls_out_at_once(env, tmp_path, mp):
+    """MIXPANEL_DELIVERY=batch sends 50 events per /track call: one call at a time, a flush
+    would wait a round trip per 50 events (about a thousand events/s per worker against the
+    real Mixpanel). A slow double shows that calls overlap, and each event arrives once."""
+    env.update(
+        DESTINATIONS="mixpanel",
+        MIXPANEL_DELIVERY="batch",
+        MIXPANEL_API_HOST=mp.url,
+        MIXPANEL_BATCH_MAX_SECONDS="0.2",
+    )
+    mp.behaviour.delay = 0.3
+    port = free_port()
+    server = gunicorn(env, port, workers=1, log=tmp_path / "gunicorn.log")
+    try:
+        body, ids = browser_batch(0, 500, "overlap")
+        assert requests.post(f"http://127.0.0.1:{port}/track/", data=body, timeout=5).text == "1"
+        wait_until(lambda: len(mp.records("track")) >= len(ids), 30, 0.1, what="500 events at the double")
+        calls = mp.requests("track")
+        print(f"\nMixpanel batch: {len(calls)} calls, at most {mp.peak_in_flight} at once")
+        assert sorted(r["properties"]["$insert_id"] for r in mp.records("track")) == sorted(ids)
+        assert len(calls) == 10 and all(len(call.records) == 50 for call in calls)
+        assert 2 <= mp.peak_in_flight <= 8
+    finally:
+        server.stop()
+
+
+def test_a_working_destination_that_falls_behind_slows_requests_down_instead_of_spilling(env, tmp_path, mp):
+    """The proxy takes events faster than a slow (but working) Mixpanel takes them: once the
+    buffer is full, requests wait for the flush to make room (backpressure) rather than
+    dead-lettering rows that Mixpanel would have taken, and every event arrives once."""
+    env.update(
+        DESTINATIONS="mixpanel",
+        MIXPANEL_DELIVERY="batch",
+        MIXPANEL_API_HOST=mp.url,
+        MIXPANEL_BATCH_MAX_SECONDS="0.2",
+        MIXPANEL_MAX_BUFFER_BYTES="65536",
+    )
+    mp.behaviour.delay = 0.05
+    port = free_port()
+    server = gunicorn(env, port, workers=1, log=tmp_path / "gunicorn.log")
+    try:
+        load = run_load(f"http://127.0.0.1:{port}/track/", 200, 50, threads=8, run="behind")
+        assert load.statuses == {200: 200}, load.statuses
+        wait_until(lambda: len(mp.records("track")) >= len(load.accepted), 60, 0.2, what="every event at the double")
+        spooled = list(Path(env["DEAD_LETTER_DIR"]).rglob("*.ndjson"))
+        arrived = [r["properties"]["$insert_id"] for r in mp.records("track")]
+        print(f"\nfalling behind: {len(load.accepted)} accepted, {len(arrived)} arrived, {len(spooled)} spool files")
+        assert spooled == []
+        assert sorted(arrived) == sorted(load.accepted)
+        assert metric_sum(f"http://127.0.0.1:{port}", "mpproxy_dead_lettered_rows_total", destination="mixpanel") == 0
+    finally:
+        server.stop()
+
+
 def test_hanging_destination_does_not_hold_up_replies_or_others(env, tmp_path):
     env.update(
         DESTINATIONS="files,tests.support.faulty:make",

@@ -38,7 +38,9 @@ class FaultySink(RowSink):
         self.marker = (settings.get("faulty_reject_marker") or REJECT_MARKER).encode()
         caps = self.inner.capabilities
         # The plain chunk (not a lake's packed one), so single rows can be taken out of a write.
-        self.capabilities = Capabilities(caps.takes, caps.max_rows, caps.max_bytes, caps.attempt_timeout, caps.idempotent)
+        # FAULTY_MAX_ROWS makes writes (chunks) smaller than the inner sink's, as Mixpanel's 50.
+        max_rows = settings.get_int("faulty_max_rows", caps.max_rows, 1)
+        self.capabilities = Capabilities(caps.takes, max_rows, caps.max_bytes, caps.attempt_timeout, caps.idempotent)
         self.calls = 0
 
     def mode(self) -> str:

@@ -49,6 +49,9 @@ class MixpanelDouble:
         self.received: list[Received] = []
         self.behaviour = Behaviour()
         self._lock = threading.Lock()
+        # Ingest calls being answered right now, and the most at once since the last reset().
+        self.in_flight = 0
+        self.peak_in_flight = 0
         double = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -80,6 +83,7 @@ class MixpanelDouble:
         with self._lock:
             self.received.clear()
             self.behaviour = Behaviour()
+            self.peak_in_flight = self.in_flight
 
     def records(self, endpoint: str) -> list[Any]:
         with self._lock:
@@ -146,6 +150,25 @@ class MixpanelDouble:
             with self._lock:
                 self.received.append(entry)  # so tests can see how often the CDN is asked
             return self._send(h, 200, LIB_BODY, "application/javascript")
+        with self._lock:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            self._answer(h, path, endpoint, query, headers, body, entry)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _answer(
+        self,
+        h: BaseHTTPRequestHandler,
+        path: str,
+        endpoint: str,
+        query: dict[str, str],
+        headers: dict[str, str],
+        body: bytes,
+        entry: Received,
+    ) -> None:
         with self._lock:
             behaviour = self.behaviour
             forced = behaviour.status
