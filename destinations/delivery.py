@@ -362,6 +362,8 @@ class RowDestination:
         started = time.monotonic()
         self._stop.set()
         self._wake.set()
+        with self._lock:  # requests waiting for room write through now (see _enqueue)
+            self._room.notify_all()
         if self._flusher is not None:
             self._flusher.join(budget / 2)
         with self._lock:
@@ -510,7 +512,7 @@ class RowDestination:
         if incoming > limit:
             return None  # never fits: it spills on its own
         give_up = time.monotonic() + ROOM_WAIT_SECONDS
-        while self._buffer.bytes + self._flushing_bytes + incoming > limit:
+        while self._buffer.bytes + self._flushing_bytes + incoming > limit and not self._stop.is_set():
             now = time.monotonic()
             if now - self._progress_at >= STALL_SECONDS or now >= give_up:
                 if self._inflight and self._buffer.rows:
