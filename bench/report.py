@@ -719,34 +719,55 @@ def forwarding_budget(forward: dict | None, top: dict | None, mixpanel: dict | N
 
 
 def _bound(
-    bound_run: dict | None, top: dict | None, proxy: dict | None, what: tuple[str, str, str, str], target: float
+    bound_run: dict | None,
+    top: dict | None,
+    proxy: dict | None,
+    *,
+    ceiling: str,
+    app: str,
+    sets: str,
+    lead: str,
+    kind: str,
+    proxy_name: str,
+    target: float,
+    proposed: float,
 ) -> list[str]:
-    """A ceiling that bounds every proxy of its kind, against the round-two `target` (× the
-    framework ceiling), and the share of it the proxy run reaches against the proposed 0.8×
-    / 0.5× (`what`: the row's title, its --sets name, the proxy's name, the proposed share)."""
-    title, sets, name, proposed = what
+    """A ceiling (`bench.ceiling:<app>`, `--sets <sets>`) that bounds every `kind` proxy,
+    against the round-two `target` (× the framework ceiling), and the share of it the
+    `proxy_name` run reaches against the `proposed` target."""
     if not bound_run or not top:
-        return [f"| … {title.split(' (')[0]} | reported | not measured (`--sets {sets}`) | – |"]
+        return [f"| … {lead}: {ceiling} | reported | not measured (`--sets {sets}`) | – |"]
     ratio = bound_run["events_per_s"] / top["events_per_s"]
     rows = [
-        f"| … {title} | reported | {ratio:.2f}× ({_num(bound_run['events_per_s'])} vs "
-        f"{_num(top['events_per_s'])} events/s) | {_reach(ratio, target)} |"
+        f"| … {lead}: {ceiling} (`bench.ceiling:{app}`), a bound on any {kind} proxy | reported "
+        f"| {ratio:.2f}× ({_num(bound_run['events_per_s'])} vs {_num(top['events_per_s'])} events/s) "
+        f"| {_reach(ratio, target)} |"
     ]
     if proxy:
         share = proxy["events_per_s"] / bound_run["events_per_s"]
-        ceiling = title.split(":")[1].split(" (")[0].strip()
         rows.append(
-            f"| browser batches, {name} ÷ {ceiling} (proposed) | ≥ {proposed}× "
+            f"| browser batches, {proxy_name} ÷ {ceiling} (proposed) | ≥ {proposed}× "
             f"| {share:.2f}× ({_num(proxy['events_per_s'])} vs {_num(bound_run['events_per_s'])} events/s) "
-            f"| {_verdict(share >= float(proposed))} |"
+            f"| {_verdict(share >= proposed)} |"
         )
     return rows
 
 
 def decoding_bound(decoding: dict | None, top: dict | None, mixpanel: dict | None) -> list[str]:
     """What forwarding plus decoding reaches, against the 0.5x target for Mixpanel only."""
-    title = "forwarding plus decoding: the decoding ceiling (`bench.ceiling:decoder`), a bound on any Mixpanel-only proxy"
-    return _bound(decoding, top, mixpanel, (title, "decode", "Mixpanel only", "0.8"), 0.5)
+    return _bound(
+        decoding,
+        top,
+        mixpanel,
+        ceiling="the decoding ceiling",
+        app="decoder",
+        sets="decode",
+        lead="forwarding plus decoding",
+        kind="Mixpanel-only",
+        proxy_name="Mixpanel only",
+        target=0.5,
+        proposed=0.8,
+    )
 
 
 def _reach(bound: float, target: float) -> str:
@@ -757,11 +778,19 @@ def _reach(bound: float, target: float) -> str:
 def essential_bound(essential: dict | None, top: dict | None, files: dict | None) -> list[str]:
     """What forwarding plus the least row work (decode, one orjson line per record, ISA-L gzip)
     reaches, against the 0.35x target, and the share of it Mixpanel + files reaches."""
-    title = (
-        "forwarding plus the least row work: the essential-work ceiling (`bench.ceiling:essentials`), "
-        "a bound on any Mixpanel + files proxy"
+    return _bound(
+        essential,
+        top,
+        files,
+        ceiling="the essential-work ceiling",
+        app="essentials",
+        sets="essential",
+        lead="forwarding plus the least row work",
+        kind="Mixpanel + files",
+        proxy_name="Mixpanel + files",
+        target=0.35,
+        proposed=0.5,
     )
-    return _bound(essential, top, files, (title, "essential", "Mixpanel + files", "0.5"), 0.35)
 
 
 def memory_target(runs: list[dict], isolation: dict) -> str:

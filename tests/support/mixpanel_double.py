@@ -18,6 +18,8 @@ import gzip
 import json
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -49,7 +51,7 @@ class MixpanelDouble:
         self.received: list[Received] = []
         self.behaviour = Behaviour()
         self._lock = threading.Lock()
-        # Ingest calls being answered right now, and the most at once since the last reset().
+        # Calls being answered right now, and the most at once since the last reset().
         self.in_flight = 0
         self.peak_in_flight = 0
         double = self
@@ -61,10 +63,12 @@ class MixpanelDouble:
                 pass
 
             def do_GET(self) -> None:
-                double._handle(self)
+                with double._answering():
+                    double._handle(self)
 
             def do_POST(self) -> None:
-                double._handle(self)
+                with double._answering():
+                    double._handle(self)
 
         self.server = ThreadingHTTPServer((host, port), Handler)
         self.server.daemon_threads = True
@@ -78,6 +82,17 @@ class MixpanelDouble:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+    @contextmanager
+    def _answering(self) -> Iterator[None]:
+        with self._lock:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.in_flight -= 1
 
     def reset(self) -> None:
         with self._lock:
@@ -150,25 +165,6 @@ class MixpanelDouble:
             with self._lock:
                 self.received.append(entry)  # so tests can see how often the CDN is asked
             return self._send(h, 200, LIB_BODY, "application/javascript")
-        with self._lock:
-            self.in_flight += 1
-            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
-        try:
-            self._answer(h, path, endpoint, query, headers, body, entry)
-        finally:
-            with self._lock:
-                self.in_flight -= 1
-
-    def _answer(
-        self,
-        h: BaseHTTPRequestHandler,
-        path: str,
-        endpoint: str,
-        query: dict[str, str],
-        headers: dict[str, str],
-        body: bytes,
-        entry: Received,
-    ) -> None:
         with self._lock:
             behaviour = self.behaviour
             forced = behaviour.status
