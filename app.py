@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import logging
 import sys
+from typing import Any
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
@@ -63,10 +64,17 @@ def create_app(settings: Settings | None = None) -> Flask:
         log.exception("unhandled error")
         return replies.as_json({"error": "internal error", "status": 500}, 500)
 
+    counters: dict[tuple[str | None, int], Any] = {}  # (route, status) -> its counter: labels() takes a lock
+
     @app.after_request
     def _count(response: Response) -> Response:
-        endpoint = (request.url_rule.rule.strip("/").split("/")[0] if request.url_rule else "unmatched") or "root"
-        metrics.REQUESTS.labels(endpoint, str(response.status_code)).inc()
+        key = (request.url_rule.rule if request.url_rule else None, response.status_code)
+        counter = counters.get(key)
+        if counter is None:
+            route = key[0]
+            endpoint = (route.strip("/").split("/")[0] if route is not None else "unmatched") or "root"
+            counter = counters[key] = metrics.REQUESTS.labels(endpoint, str(key[1]))
+        counter.inc()
         publish_gc_passes()
         return response
 

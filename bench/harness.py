@@ -410,14 +410,19 @@ class Bench:
         log(f"  {result['events_per_s']:.0f} events/s, p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms")
         return result
 
+    def ceiling_env(self, set_key: str) -> tuple[str, dict[str, str]]:
+        """The WSGI spec and environment of a reference app in bench/ceiling.py."""
+        env = {"LOG_LEVEL": "WARNING"}
+        if set_key != "ceiling":
+            env["MIXPANEL_API_HOST"] = f"http://127.0.0.1:{self.nginx.mixpanel_port}"
+        return CEILING_APPS[set_key], env
+
     def run_ceiling(self, scenario: Scenario, set_key: str = "ceiling") -> dict:
         """bench/ceiling.py on the proxy's stack: what any Flask proxy here can do at best (`ceiling`),
         or any that forwards each request to Mixpanel (`forward`), and also decodes it (`decode`),
         and also keeps its records as gzipped rows (`essential`). Nothing to count."""
         tag = f"{set_key}-{scenario.name}"
-        app, env = CEILING_APPS[set_key], {"LOG_LEVEL": "WARNING"}
-        if set_key != "ceiling":
-            env["MIXPANEL_API_HOST"] = f"http://127.0.0.1:{self.nginx.mixpanel_port}"
+        app, env = self.ceiling_env(set_key)
         server = procs.Gunicorn(env, self.out / f"gunicorn-{tag}.log", WORKERS, app=app)
         log(f"{tag}: {app}, {scenario.connections} connections, {self.args.duration:g}s")
         server.start()
@@ -678,10 +683,16 @@ class Bench:
     # -- profile -------------------------------------------------------------------------------
     def run_profile(self, name: str) -> dict:
         scenario = SCENARIOS[name]
-        destinations = SETS["files"][0]
-        tag = f"profile-files-{name}"
-        env, _storage = self.proxy_env(destinations, tag)
-        server = procs.Gunicorn(env, self.out / f"gunicorn-{tag}.log", WORKERS).start()
+        set_key = self.args.profile_set
+        destinations = SETS[set_key][0]
+        tag = f"profile-{set_key}-{name}"
+        if set_key in CEILING_APPS:  # a reference app: what the proxy's own profile is read against
+            app, env = self.ceiling_env(set_key)
+        else:
+            app = "app:app"
+            env, _storage = self.proxy_env(destinations, tag)
+            env.update(SET_ENV.get(set_key, {}))
+        server = procs.Gunicorn(env, self.out / f"gunicorn-{tag}.log", WORKERS, app=app).start()
         seconds = self.args.profile_seconds
         log(f"{tag}: py-spy on both workers for {seconds:g}s under {scenario.title} load")
         svg_path, raw_path = self.out / f"profile-{name}.svg", self.out / f"profile-{name}.txt"
@@ -706,6 +717,7 @@ class Bench:
             return {"error": f"py-spy wrote nothing: {procs.tail(self.out / f'py-spy-{name}-raw.log')}"}
         summary = profile.summarize(raw_path.read_text())
         summary["scenario"] = name
+        summary["set"] = set_key
         summary["files"] = [f"bench/out/{svg_path.name}", f"bench/out/{raw_path.name}"]
         summary["load_events_per_s"] = load["ok_requests"] * scenario.events_per_request / load["seconds"]
         summary["command"] = shlex.join(["py-spy", *common, "--function", "--format", "raw", "-o", f"bench/out/{raw_path.name}"])
@@ -848,7 +860,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--buffer-policies", default=BUFFER_POLICIES, help=f"BUFFER_FSYNC values (default {BUFFER_POLICIES})")
     parser.add_argument("--buffer-rounds", type=int, default=1, help="repeat the --buffer sequence, alternating its order")
     parser.add_argument("--profile-seconds", type=float, default=20, help="py-spy recording length (0 = no profile)")
-    parser.add_argument("--profile-scenarios", default="browser,single", help="scenarios to profile (Mixpanel + files)")
+    parser.add_argument("--profile-scenarios", default="browser,single", help="scenarios to profile")
+    parser.add_argument("--profile-set", default="files", help="the destination set profiled (default files: Mixpanel + files)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma list of " + ", ".join(SCENARIOS))
     parser.add_argument("--sets", default=",".join(SETS), help="comma list of " + ", ".join(SETS))
     parser.add_argument(

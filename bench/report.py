@@ -297,7 +297,7 @@ def render(results: dict[str, Any]) -> str:
         w("Not recorded (`--profile-seconds 0`).\n")
     for name, prof in profiles.items():
         title = scenarios.get(name, {}).get("title", name)
-        w(f"### {title}, Mixpanel + files\n")
+        w(f"### {title}, {SET_TITLES.get(prof.get('set', 'files'), prof.get('set'))}\n")
         if not prof.get("samples"):
             w(f"Not recorded ({prof.get('error', 'no samples')}).\n")
             continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Literal
 
 Kind = Literal["event", "user", "group"]
@@ -45,6 +46,7 @@ class Ingest:
     ticket: Any = None
 
 
+@lru_cache(maxsize=4096)  # the same clients and proxies send request after request
 def _valid_ip(text: str) -> str | None:
     candidate = text.strip()
     if candidate.startswith("[") and "]" in candidate:  # [v6]:port

@@ -40,6 +40,9 @@ ZMAGIC = b"\xf0WAZ"
 SYNC = MAGIC[:3]
 HEADER = struct.Struct(">4sIII")
 LEVEL = 1
+# A payload smaller than this (a request of one or a few records) is deflated at ISA-L's
+# level 0: about 3 us instead of 10 for a single event's ~1.4 KB, at 2:1 instead of 3:1.
+SMALL_PAYLOAD = 4096
 SUFFIX = ".seg"
 ACK_SUFFIX = ".ack"
 
@@ -65,7 +68,9 @@ class Packed:
 
 
 def pack(payload: bytes, compress: bool = True) -> Packed:
-    return Packed(codec.deflate(payload, LEVEL), True) if compress else Packed(payload, False)
+    if not compress:
+        return Packed(payload, False)
+    return Packed(codec.deflate(payload, LEVEL if len(payload) >= SMALL_PAYLOAD else 0), True)
 
 
 def frame(index: int, payload: bytes | Packed, compress: bool = True) -> bytes:
