@@ -69,7 +69,10 @@ def init_cors(app: Flask, frontend_url: str | None, base_path: str | None = None
     @app.after_request
     def _vary(response: Response) -> Response:
         if any(path.match(request.path) for path in paths):
-            response.vary.add("Origin")
+            if "Vary" in response.headers:
+                response.vary.add("Origin")
+            else:  # the common case, without parsing and re-serialising the header
+                response.headers["Vary"] = "Origin"
             if request.method == "OPTIONS" and response.status_code == 200 and "Access-Control-Allow-Origin" in response.headers:
                 response.status_code = 204  # a preflight answer has no body (as before flask-cors)
                 response.set_data(b"")
