@@ -44,10 +44,23 @@ class Ingest:
     # Where the request's rows sit in the write-ahead buffer (destinations.wal.Ticket), when
     # BUFFER=disk: the delivery layer acknowledges them against it once they are delivered.
     ticket: Any = None
+    # The records' NDJSON lines (bytes), encoded once per request when a destination buffers
+    # SDK-shaped records (Mixpanel with MIXPANEL_DELIVERY=batch) for it and the write-ahead buffer.
+    record_lines: tuple[bytes, ...] | None = None
 
 
-@lru_cache(maxsize=4096)  # the same clients and proxies send request after request
 def _valid_ip(text: str) -> str | None:
+    # The same clients and proxies send request after request: parsed once each. Only what
+    # can be an address is remembered, so hostile headers cannot fill the cache with long keys.
+    return _address(text) if len(text) <= 64 else _parse_address(text)
+
+
+@lru_cache(maxsize=4096)
+def _address(text: str) -> str | None:
+    return _parse_address(text)
+
+
+def _parse_address(text: str) -> str | None:
     candidate = text.strip()
     if candidate.startswith("[") and "]" in candidate:  # [v6]:port
         candidate = candidate[1 : candidate.index("]")]

@@ -420,7 +420,8 @@ class RowDestination:
         counted on the way in."""
         self._records_in.inc(len(ingest.records))
         if self.capabilities.takes == "records":
-            records = [dumps_row(r.payload) for r in ingest.records]
+            lines = ingest.record_lines  # encoded once per request (proxy/runtime.py)
+            records = list(lines) if lines is not None else [dumps_row(r.payload) for r in ingest.records]
             return [(ingest.endpoint, records, sum(len(line) + 1 for line in records))] if records else []
         batch: RowBatch = ingest.rows if ingest.rows is not None else to_rows(ingest.records, self.schemas)
         for reason, count in batch.dropped.items():

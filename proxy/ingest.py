@@ -95,6 +95,7 @@ def handle(endpoint: str) -> Response:
     allowed = UPSTREAM_PARAMS.get(endpoint, ())
     frozen = tuple(records)
     rows = rt.rows(frozen)
+    record_lines = rt.record_lines(frozen)
     # Admission: nothing is dispatched (not even to Mixpanel) unless every destination can keep its rows.
     refusal = rt.refusal(len(body)) if rt.buffers_rows else None
     if refusal:
@@ -104,7 +105,7 @@ def handle(endpoint: str) -> Response:
         if not rt.buffer.started:  # servers without gunicorn's post_worker_init hook
             rt.start()
         try:
-            ticket = rt.buffer.append(endpoint, rows, frozen)
+            ticket = rt.buffer.append(endpoint, rows, record_lines)
         except BufferFull as exc:
             return _unavailable(exc.reason, str(exc), decoded.verbose, endpoint)
     ingest = Ingest(
@@ -116,6 +117,7 @@ def handle(endpoint: str) -> Response:
         authorization=request.headers.get("Authorization"),
         upstream_params=tuple((k, v) for k, v in decoded.params.items() if k in allowed),
         ticket=ticket,
+        record_lines=record_lines,
     )
     try:
         results = dispatch(ingest, rt.destinations)  # never raises: failures are per-destination results

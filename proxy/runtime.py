@@ -20,7 +20,7 @@ from core.settings import DEFAULT_BODY_READ_TIMEOUT_SECONDS, DEFAULT_MAX_URL_BYT
 from destinations import build_destinations, upstream_client
 from destinations.base import Destination
 from destinations.mixpanel import MixpanelClient
-from destinations.rows import RowBatch, to_rows
+from destinations.rows import RowBatch, dumps_row, to_rows
 from destinations.schema import TableSchema, build_schemas
 from destinations.wal import DiskBuffer
 from proxy.staticlib import LibraryCache
@@ -59,6 +59,16 @@ class Runtime:
         if self.row_transformer is not None:
             batch = self.row_transformer.apply(batch, {s.name: s.kind for s in self.schemas.values()})
         return batch
+
+    @cached_property
+    def buffers_records(self) -> bool:
+        """Whether a destination buffers SDK-shaped records (Mixpanel with MIXPANEL_DELIVERY=batch)."""
+        return any(getattr(getattr(d, "capabilities", None), "takes", None) == "records" for d in self.destinations)
+
+    def record_lines(self, records: tuple[Record, ...]) -> tuple[bytes, ...] | None:
+        """The records' NDJSON lines, encoded once per request for every destination (and the
+        write-ahead buffer) that keeps records, or None when none does."""
+        return tuple(dumps_row(r.payload) for r in records) if self.buffers_records else None
 
     def start(self) -> None:
         """Begin background work that belongs to a serving process only (not to `flask setup`):

@@ -5,6 +5,8 @@ Each scenario prints what it sent, landed, spooled and replayed (`pytest -s` sho
 
 from __future__ import annotations
 
+import base64
+import json
 import signal
 import threading
 import time
@@ -165,6 +167,39 @@ def test_mixpanel_batch_delivery_keeps_several_calls_out_at_once(env, tmp_path, 
         assert 2 <= mp.peak_in_flight <= 8
     finally:
         server.stop()
+
+
+def test_mixpanel_batch_records_wait_in_the_write_ahead_buffer_through_a_sigkill(env, tmp_path, mp):
+    """With MIXPANEL_DELIVERY=batch the SDK's records (not rows) wait for Mixpanel in the
+    write-ahead buffer: SIGKILLed before any flush, the proxy delivers every acknowledged
+    event after a restart, once, with its properties exactly as the SDK sent them."""
+    env.update(DESTINATIONS="mixpanel", MIXPANEL_DELIVERY="batch", MIXPANEL_API_HOST=mp.url, BUFFER="disk")
+    env["MIXPANEL_BATCH_MAX_SECONDS"] = "600"  # nothing leaves before the kill
+    port = free_port()
+    server = gunicorn(env, port, workers=1, log=tmp_path / "gunicorn.log")
+    sent: dict[str, dict] = {}
+    for request_no in range(4):
+        body, ids = browser_batch(request_no, 50, "wal-mp")
+        assert requests.post(f"http://127.0.0.1:{port}/track/", data=body, timeout=5).text == "1"
+        events = json.loads(base64.b64decode(body.removeprefix("data=")))
+        sent.update({e["properties"]["$insert_id"]: e["properties"] for e in events})
+    server.signal(signal.SIGKILL)
+    assert server.proc is not None
+    server.proc.wait(10)
+    assert mp.records("track") == [], "the events left before the kill: the scenario proved nothing"
+
+    env["MIXPANEL_BATCH_MAX_SECONDS"] = "0.2"
+    again = gunicorn(env, free_port(), workers=1, log=tmp_path / "gunicorn-restart.log")
+    try:
+        wait_until(lambda: len(mp.records("track")) >= len(sent), 60, 0.2, what="every acknowledged event at the double")
+    finally:
+        assert again.stop() == 0, again.log()[-3000:]
+    arrived = mp.records("track")
+    print(f"\nSIGKILL with Mixpanel batch delivery: {len(sent)} acknowledged, {len(arrived)} delivered after the restart")
+    assert sorted(r["properties"]["$insert_id"] for r in arrived) == sorted(sent)
+    for record in arrived:
+        properties = record["properties"]
+        assert {k: properties[k] for k in sent[properties["$insert_id"]]} == sent[properties["$insert_id"]]
 
 
 def test_a_working_destination_that_falls_behind_slows_requests_down_instead_of_spilling(env, tmp_path, mp):

@@ -22,9 +22,9 @@ reply, and Mixpanel's synchronous forwarding answers with Mixpanel's own verdict
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
-from core.records import Record
 from core.settings import Settings
 from destinations.delivery import RowDestination
 from destinations.wal.log import BufferConfig, Ticket, WriteAheadLog, fsync_name
@@ -69,9 +69,10 @@ class DiskBuffer:
     def started(self) -> bool:
         return self.recovery.started
 
-    def append(self, endpoint: str, rows: Any, records: tuple[Record, ...]) -> Ticket | None:
-        """Put one request's rows on disk (raises BufferFull). None if it has none to keep."""
-        payload = encode(endpoint, self.names, rows, [r.payload for r in records] if self.records_too else None)
+    def append(self, endpoint: str, rows: Any, record_lines: Sequence[bytes] | None) -> Ticket | None:
+        """Put one request's rows (and, when a destination keeps records, the records' NDJSON
+        lines) on disk (raises BufferFull). None if it has nothing to keep."""
+        payload = encode(endpoint, self.names, rows, record_lines if self.records_too else None)
         return None if payload is None else self.wal.append(payload)
 
     def wait_durable(self, ticket: Ticket) -> None:

@@ -17,17 +17,19 @@ records themselves:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from core import codec
-from destinations.rows import RowBatch, dumps_row, hour_of
+from destinations.rows import RowBatch, hour_of
 
 
-def encode(endpoint: str, destinations: list[str], rows: RowBatch | None, payloads: list[Any] | None) -> bytes | None:
-    """The payload for one request, or None when it carries nothing a buffered destination takes."""
+def encode(endpoint: str, destinations: list[str], rows: RowBatch | None, record_lines: Sequence[bytes] | None) -> bytes | None:
+    """The payload for one request, or None when it carries nothing a buffered destination
+    takes. `record_lines`: the records as NDJSON lines, when a destination keeps records."""
     tables = [(table, rows.lines(table)) for table in rows.tables] if rows is not None else []
-    records = [dumps_row(p) for p in payloads] if payloads else []
+    records = list(record_lines or ())
     if not records and not any(lines for _, lines in tables):
         return None
     head = {"e": endpoint, "d": destinations, "t": [[table, len(lines)] for table, lines in tables], "r": len(records)}
