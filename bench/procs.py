@@ -13,6 +13,7 @@ import resource
 import shutil
 import signal
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -319,6 +320,20 @@ def cpu_times(pids: list[int]) -> tuple[float, float]:
 def cpu_seconds(pids: list[int]) -> float:
     """utime + stime of the given processes (not of their reaped children)."""
     return cpu_times(pids)[0]
+
+
+def speed_probe() -> float:
+    """Milliseconds a fixed piece of pure-Python work takes here (the best of three). A
+    neighbour on the same host (this is a VM) slows every process down without showing in
+    /proc/stat; this shows it: the same work simply takes longer."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for i in range(300_000):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return best * 1000
 
 
 def machine_busy_seconds() -> float:

@@ -220,21 +220,26 @@ def render(results: dict[str, Any]) -> str:
             "machine (other jobs, kernel softirq work not charged to a process). "
             f"Busy % is of {machine.get('nproc')} CPUs. Before each run the harness "
             "waits (up to `--quiet-wait` s) for the machine to be nearly idle, and repeats a run (`--retries`) when other "
-            "jobs took more than 10% of the machine; runs still disturbed are marked ⚠ in the tables above.\n"
+            "jobs took more than 10% of the machine, or when the host itself ran slow: this machine is a VM, and a "
+            "busy neighbour on its host slows every process without showing in `/proc/stat`. The host speed probe "
+            "(`bench/procs.py` `speed_probe`, a fixed piece of pure-Python work, best of three) runs once the machine is "
+            "quiet, just before each run; a run whose probe took more than 1.2× the fastest of the bench run is disturbed. Runs "
+            "still disturbed are marked ⚠ in the tables above.\n"
         )
         w(
             "| run | attempt | machine busy % | proxy CPU-s | nginx + moto CPU-s | wrk CPU-s | other CPU-s "
-            "| waited for quiet s | proxy GC passes, s |"
+            "| waited for quiet s | host speed probe ms | proxy GC passes, s |"
         )
-        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in measured:
             m = r["machine"]
             gc = r.get("gc")
             collected = f"{gc['passes']:.0f}, {gc['seconds']:.3f}" if gc else "–"
+            probe = _num(m.get("probe_ms"))
             w(
-                f"| {r['tag']} | {r.get('attempt', 1)} | {m['busy_percent']:.0f} | {m['proxy_cpu_s']:.1f} "
-                f"| {m['nginx_moto_cpu_s']:.1f} | {m['wrk_cpu_s']:.1f} | {m['other_cpu_s']:.1f} "
-                f"| {m.get('waited_for_quiet_s', 0):.0f} | {collected} |"
+                f"| {r['tag']}{' ⚠' if r.get('contaminated') else ''} | {r.get('attempt', 1)} | {m['busy_percent']:.0f} "
+                f"| {m['proxy_cpu_s']:.1f} | {m['nginx_moto_cpu_s']:.1f} | {m['wrk_cpu_s']:.1f} | {m['other_cpu_s']:.1f} "
+                f"| {m.get('waited_for_quiet_s', 0):.0f} | {probe} | {collected} |"
             )
         w(
             "\nproxy GC passes, s: the garbage collector's passes in both workers over the proxy's whole life "
@@ -889,10 +894,11 @@ def render_buffer(buf: dict) -> list[str]:
         )
     w("")
     w(
-        "⚠: other jobs on this shared machine took more than 10% of it during the run, even after a repeat "
-        "(the `other jobs CPU-s` column); read those rows as noise, not as a cost.\n"
+        "⚠: other jobs on this shared machine took more than 10% of it during the run (the `other jobs CPU-s` "
+        "column), or the host ran slow (its speed probe, in the CPU table above), even after a repeat; read those "
+        "rows as noise, not as a cost.\n"
     )
-    w("Per policy (means over its runs; the last column only over runs no other job disturbed):\n")
+    w("Per policy (means over its runs; the last column only over undisturbed runs):\n")
     w("| policy | runs | events/s | ÷ memory | p99 ms | p99 ÷ memory | CPU-s / 10k events | undisturbed runs: events/s |")
     w("|---|---:|---:|---:|---:|---:|---:|---|")
     for policy, group in _by_policy(buf).items():
