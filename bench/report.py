@@ -223,7 +223,8 @@ def render(results: dict[str, Any]) -> str:
             "jobs took more than 10% of the machine, or when the host itself ran slow: this machine is a VM, and a "
             "busy neighbour on its host slows every process without showing in `/proc/stat`. The host speed probe "
             "(`bench/procs.py` `speed_probe`, a fixed piece of pure-Python work, best of three) runs once the machine is "
-            "quiet, just before each run; a run whose probe took more than 1.2× the fastest of the bench run is disturbed. Runs "
+            "quiet, just before each run; a run whose probe took more than 1.2× the fastest of the bench run is disturbed (a "
+            "slow phase of a few seconds inside a run's window does not show in it). Runs "
             "still disturbed are marked ⚠ in the tables above.\n"
         )
         w(
