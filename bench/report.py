@@ -690,7 +690,7 @@ def round_two(runs: list[dict], ceiling: dict[str, dict], isolation: dict) -> li
             out.append(
                 "| … the essential-work ceiling ÷ the Node original: the most any Mixpanel + files proxy on this stack "
                 f"reaches | reported | {bound:.2f}× ({_num(essential['events_per_s'])} vs {_num(node['events_per_s'])}) "
-                f"| {'5× within reach' if bound >= 5 else '**5× out of reach**'} |"
+                f"| {_reach(bound, 5)} |"
             )
     else:
         out.append("| Mixpanel + files ÷ the Node original | ≥ 5× | not measured (`--node-original DIR`) | – |")

@@ -29,7 +29,7 @@ def encode(endpoint: str, destinations: list[str], rows: RowBatch | None, record
     """The payload for one request, or None when it carries nothing a buffered destination
     takes. `record_lines`: the records as NDJSON lines, when a destination keeps records."""
     tables = [(table, rows.lines(table)) for table in rows.tables] if rows is not None else []
-    records = list(record_lines or ())
+    records = record_lines or ()
     if not records and not any(lines for _, lines in tables):
         return None
     head = {"e": endpoint, "d": destinations, "t": [[table, len(lines)] for table, lines in tables], "r": len(records)}
