@@ -46,6 +46,11 @@ class SnowflakeAdapter(Adapter):
     def __init__(self, standin: SnowflakeStandin, unique: str) -> None:
         super().__init__(standin, unique)
         self.database = f"CONF_{self.variant.upper()}_{unique.upper()}"
+        # Made here, before any proxy starts: two workers running the proxy's own `CREATE DATABASE
+        # IF NOT EXISTS` at the same moment race in fakesnow (a DuckDB ATTACH answers "database ...
+        # already exists"), where Snowflake's IF NOT EXISTS cannot fail. The proxy's setup still
+        # runs it, against a database that exists, as it would against an operator's.
+        standin.query(f'CREATE DATABASE IF NOT EXISTS "{self.database}"')
 
     def env(self) -> dict[str, str]:
         return self.standin.env(self.database, **self.load_env)
