@@ -105,12 +105,14 @@ class NativeThread:
     For work that must keep its own time however busy the event loop is: a greenlet's timer
     fires only once every greenlet ready to run has had its turn. The thread needs the GIL
     only for its Python statements; waiting (`native_sleep`, a `native_lock`, a syscall such
-    as fsync) releases it. To wake a greenlet from it, set a `threading.Event`: patched, that
-    is gevent's, whose `set()` from another thread wakes its waiters in their own loop."""
+    as fsync) releases it. To hand results back to greenlets, use a `Wakeup` (made in the
+    loop's thread): the thread then touches no gevent object itself."""
 
-    def __init__(self, target: Callable[[], None], name: str) -> None:
+    def __init__(self, target: Callable[[], None], name: str, on_exit: Callable[[], None] | None = None) -> None:
+        """`on_exit` is called in the thread once it has ended (`alive` is False), however it ended."""
         self.name = name
         self._target = target
+        self._on_exit = on_exit
         self._finished = native_lock()
         self._finished.acquire()
         unpatched("_thread", "start_new_thread")(self._run, ())
@@ -122,6 +124,8 @@ class NativeThread:
             log.exception("thread %s failed", self.name)
         finally:
             self._finished.release()
+            if self._on_exit is not None:
+                self._on_exit()
 
     @property
     def alive(self) -> bool:
@@ -134,6 +138,34 @@ class NativeThread:
             self._finished.release()
             return True
         return False
+
+
+class Wakeup:
+    """Call `callback` in this worker's event loop when another OS thread calls `send()`: the
+    way a `NativeThread` hands results back without touching gevent objects itself (a gevent
+    lock or event used from a foreign thread costs a round of cross-thread signalling each,
+    and a prometheus metric's lock is one). Sends that come before the callback has run are
+    answered by one call. Unpatched, `send()` calls `callback` in the sending thread.
+    Create it in the thread that runs the event loop (a request's, not gunicorn's master)."""
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self._callback = callback
+        self._watcher: Any = None
+        if patched():
+            self._watcher = gevent.get_hub().loop.async_()
+            self._watcher.start(callback)
+
+    @property
+    def in_loop(self) -> bool:
+        """Whether the callback runs in the event loop (and so can wake greenlets directly)."""
+        return self._watcher is not None
+
+    def send(self) -> None:
+        """Thread-safe."""
+        if self._watcher is not None:
+            self._watcher.send()
+        else:
+            self._callback()
 
 
 def off_loop(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:

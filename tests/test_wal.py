@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ from destinations.wal.log import LOCK, BufferConfig, WriteAheadLog
 from destinations.wal.payload import decode
 from destinations.wal.segments import SMALL_PAYLOAD, SegmentFile, ack_lines, frame, read_acks, remaining, scan
 from tests.support import files
+from tests.support.processes import ROOT
 from tests.support.wal import dead_owner, events, insert_ids, segments
 
 
@@ -167,6 +171,70 @@ def test_a_failed_fsync_refuses_its_requests_and_the_log_moves_to_a_new_segment(
     wal.wait_durable(kept)  # the next round succeeds
     kept.release()
     wal.close()
+
+
+GEVENT_SYNCER = textwrap.dedent(
+    """
+    from gevent import monkey
+    monkey.patch_all()
+    import sys
+    import gevent
+    from core import metrics
+    from destinations.wal.log import BufferConfig, WriteAheadLog
+
+    def rounds():
+        return next(s.value for s in metrics.FSYNC_SECONDS.collect()[0].samples if s.name.endswith("_count"))
+
+    wal = WriteAheadLog(BufferConfig(directory=sys.argv[1], fsync_ms=10))
+    covered = []
+
+    def request(n):
+        for _ in range(n):
+            ticket = wal.append(b'{"e":1}')
+            ticket.release()
+            wal.wait_durable(ticket)
+            covered.append(wal.synced >= ticket.position)
+
+    with gevent.Timeout(30):
+        gevent.joinall([gevent.spawn(request, 20) for _ in range(32)], raise_error=True)
+    assert wal._wakeup.in_loop  # the syncer wakes requests through the event loop
+    assert covered == [True] * 640, covered.count(False)
+    assert 1 <= rounds() < 640, rounds()  # observed in the loop; requests shared rounds
+    wal.close()
+
+    # A syncer that ends for any reason wakes the requests waiting for it, which start another.
+    dying = WriteAheadLog(BufferConfig(directory=sys.argv[2], fsync_ms=10))
+    real, calls = dying._sync_loop, []
+
+    def dies_first():
+        calls.append(1)
+        if len(calls) == 1:
+            raise SystemExit("the syncer thread ends")
+        real()
+
+    dying._sync_loop = dies_first
+    ticket = dying.append(b'{"e":2}')
+    with gevent.Timeout(10):
+        dying.wait_durable(ticket)
+    assert dying.synced >= ticket.position and len(calls) == 2
+    ticket.release()
+    dying.close()
+    print("ok")
+    """
+)
+
+
+def test_under_gevent_the_syncer_wakes_waiting_requests_through_the_loop(tmp_path):
+    """The syncer is an OS thread; in a gevent worker it hands each round back to the event
+    loop (core/green.py Wakeup) instead of setting gevent objects from its own thread."""
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    for d in dirs:
+        d.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", GEVENT_SYNCER, *map(str, dirs)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+    assert "the syncer thread ends" in done.stderr  # NativeThread logged how the first syncer ended
 
 
 # --- in a running app ------------------------------------------------------------------------------

@@ -21,8 +21,12 @@ greenlet's timer or wake-up waits until every ready request has had its turn, wh
 stretched a 10 ms interval to 15-20 ms and left workers idle while their requests
 waited (bench/wal_rounds.py). The thread keeps the interval on the clock, and fsync
 releases the GIL. Appenders hand it a duplicate of each segment's descriptor through a
-small native lock (`_sync_lock`), so the thread never touches the log's own lock, and it
-wakes the waiting requests by setting a gevent-aware event.
+small native lock (`_sync_lock`), so the thread never touches the log's own lock. It
+touches no gevent object either: it signals the worker's event loop (core/green.py
+`Wakeup`), where a callback records the round's fsync time and wakes the waiting
+requests: with one request per round, that took the thread's CPU per round from about
+600 us (setting a gevent event and observing a prometheus histogram itself, each a gevent
+lock taken from a foreign thread) to 265-480 us (docs/buffer.md, "Cost").
 """
 
 from __future__ import annotations
@@ -111,7 +115,9 @@ class WriteAheadLog:
         self._pending_dir = -1  # a dup of the directory's fd, when the next round must fsync it too
         self._target = 0  # log position after the last frame handed over
         self.synced = 0  # position every byte before which is fsynced
-        self._round_done = threading.Event()  # set (and replaced) as each round ends
+        self._round_done = threading.Event()  # set (and replaced) as each round ends, by _round_finished
+        self._fsync_seconds: list[float] = []  # rounds' fsync durations, for the loop to observe
+        self._wakeup: green.Wakeup | None = None  # made with the syncer, in the worker's loop thread
         self._wake = green.native_lock()  # released to wake a sleeping syncer
         self._wake.acquire()
         self._syncer_sleeping = False
@@ -267,7 +273,13 @@ class WriteAheadLog:
                 if self.synced >= ticket.position or ticket.segment.broken:
                     break
                 done = self._round_done
-            if not done.wait(1.0):
+            if self._wakeup is not None and self._wakeup.in_loop:
+                # Set by the loop after every round, and when the syncer ends for any reason:
+                # no timer per waiting request.
+                done.wait()
+                if not (self._syncer and self._syncer.alive):
+                    self._ensure_syncer()
+            elif not done.wait(1.0):
                 self._ensure_syncer()  # if it died (and logged why), nothing else would sync this frame
         if ticket.segment.broken:
             raise BufferFull("the write-ahead buffer could not fsync this request's rows", "fsync_error")
@@ -277,8 +289,11 @@ class WriteAheadLog:
         if self._syncer is not None and self._syncer.alive:
             return
         with self._sync_lock:
+            if self._wakeup is None:
+                self._wakeup = green.Wakeup(self._round_finished)
             if self._syncer is None or not self._syncer.alive:
-                self._syncer = green.NativeThread(self._sync_loop, "wal-fsync")
+                # Once it has ended, however, whoever still waits looks again (and starts another).
+                self._syncer = green.NativeThread(self._sync_loop, "wal-fsync", on_exit=self._wakeup.send)
 
     def _sync_loop(self) -> None:
         """The syncer thread: a round as soon as there is something to fsync, but rounds start
@@ -319,14 +334,25 @@ class WriteAheadLog:
         finally:
             for fd in fds:
                 os.close(fd)
-        metrics.FSYNC_SECONDS.observe(time.monotonic() - began)
+        took = time.monotonic() - began
         if error is not None:
             log.error("write-ahead buffer: fsync failed (%s); the requests it covered are answered 503", error.strerror)
             for segment, _ in pending.values():
                 segment.broken = True  # its waiters answer 503; the next append starts a new segment
         with self._sync_lock:
             self.synced = max(self.synced, target)
+            self._fsync_seconds.append(took)
+        assert self._wakeup is not None
+        self._wakeup.send()
+
+    def _round_finished(self) -> None:
+        """(in the worker's event loop, or unpatched in the syncer) Wake the requests waiting
+        for a round; they look whether it covered their frames."""
+        with self._sync_lock:
+            took, self._fsync_seconds = self._fsync_seconds, []
             done, self._round_done = self._round_done, threading.Event()
+        for seconds in took:
+            metrics.FSYNC_SECONDS.observe(seconds)
         done.set()
 
     # -- what destinations hold and acknowledge ----------------------------------------------------
