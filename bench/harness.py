@@ -901,6 +901,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=20241129)
     parser.add_argument("--render-only", action="store_true", help="only re-render RESULTS.md from bench/results.json")
+    parser.add_argument(
+        "--passes",
+        type=int,
+        default=1,
+        help="run the whole matrix this many times, one pass after another; RESULTS.md shows each set's median pass "
+        "and every ratio as the median of the passes' (on a shared machine, one run of each set is not enough)",
+    )
     parser.add_argument("--retries", type=int, default=1, help="repeat a run disturbed by other jobs this many times")
     parser.add_argument(
         "--quiet-wait", type=float, default=60, help="max seconds to wait before each run for the machine to be idle (default 60)"
@@ -933,6 +940,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
         "settings": {
+            "passes": args.passes,
             "duration": args.duration,
             "warmup": args.warmup,
             "workers": WORKERS,
@@ -955,16 +963,25 @@ def main(argv: list[str] | None = None) -> int:
             # The ceilings right after the pass-through, whatever the order in --sets: the references first.
             order = list(CEILING_APPS)
             sets = sorted(args.sets.split(","), key=lambda k: order.index(k) if k in order else len(order))
-            for name in args.scenarios.split(","):
-                scenario = SCENARIOS[name]
-                results["runs"].append(bench.clean_run(lambda s=scenario: bench.run_passthrough(s)))
-                for set_key in sets:
-                    if set_key in CEILING_APPS:
-                        results["runs"].append(bench.clean_run(lambda k=set_key, s=scenario: bench.run_ceiling(s, k)))
-                    elif set_key == "node":
-                        results["runs"].append(bench.clean_run(lambda s=scenario: bench.run_node(s)))
-                    else:
-                        results["runs"].append(bench.clean_run(lambda k=set_key, s=scenario: bench.run_proxy(k, s)))
+            for number in range(1, args.passes + 1):
+                if args.passes > 1:
+                    log(f"pass {number} of {args.passes}")
+                for name in args.scenarios.split(","):
+                    scenario = SCENARIOS[name]
+                    plan = [(lambda s=scenario: bench.run_passthrough(s))]
+                    for set_key in sets:
+                        if set_key in CEILING_APPS:
+                            plan.append(lambda k=set_key, s=scenario: bench.run_ceiling(s, k))
+                        elif set_key == "node":
+                            plan.append(lambda s=scenario: bench.run_node(s))
+                        else:
+                            plan.append(lambda k=set_key, s=scenario: bench.run_proxy(k, s))
+                    for run in plan:
+                        result = bench.clean_run(run)
+                        if args.passes > 1:
+                            result["pass"] = number
+                            result["tag"] = f"{result['tag']} (pass {number})"
+                        results["runs"].append(result)
         if args.isolation:
             results["isolation"] = bench.run_isolation_suite() | stamp
         if args.buffer:

@@ -36,6 +36,91 @@ def _ratio(a: float | None, b: float | None, digits: int = 2) -> str:
     return f"{a / b:.{digits}f}×"
 
 
+def _vs(a: dict, b: dict) -> float:
+    """a's events/s ÷ b's. With several passes (`--passes`), the median over the passes of
+    the two runs of the same pass: runs minutes apart on this shared machine are not comparable."""
+    mine, theirs = a.get("per_pass_events") or {}, b.get("per_pass_events") or {}
+    common = [p for p in mine if p in theirs and theirs[p]]
+    if len(common) > 1:
+        return statistics.median(mine[p] / theirs[p] for p in common)
+    return a["events_per_s"] / b["events_per_s"]
+
+
+REFERENCE_SETS = ("passthrough", "ceiling")  # shown as events/s in the passes' table, not ÷ the ceiling
+
+
+def _pass_values(runs: list[dict], scenario: str) -> dict[str, dict[int, float]]:
+    """set -> pass -> events/s ÷ the framework ceiling of that pass (the references: events/s)."""
+    these = [r for r in runs if r["scenario"] == scenario and "events_per_s" in r]
+    top = {r.get("pass", 1): r["events_per_s"] for r in these if r["set"] == "ceiling"}
+    out: dict[str, dict[int, float]] = {}
+    for r in these:
+        number = r.get("pass", 1)
+        if r["set"] in REFERENCE_SETS:
+            out.setdefault(r["set"], {})[number] = r["events_per_s"]
+        elif top.get(number):
+            out.setdefault(r["set"], {})[number] = r["events_per_s"] / top[number]
+    return out
+
+
+def representatives(runs: list[dict]) -> list[dict]:
+    """With several passes over the matrix: one run per (scenario, set), the one whose events/s
+    ÷ its own pass's framework ceiling is the median of the passes (the pass-through and the
+    ceiling: the median events/s; the lower middle for an even count). Each carries every
+    pass's events/s (`per_pass_events`), so ratios are taken pass by pass (see `_vs`)."""
+    if len({r.get("pass", 1) for r in runs}) < 2:
+        return runs
+    out = []
+    for scenario in dict.fromkeys(r["scenario"] for r in runs):
+        values = _pass_values(runs, scenario)
+        for set_key in dict.fromkeys(r["set"] for r in runs if r["scenario"] == scenario):
+            group = [r for r in runs if r["scenario"] == scenario and r["set"] == set_key]
+            by_pass = values.get(set_key)
+            if not by_pass:
+                out.append(group[0])
+                continue
+            middle = statistics.median_low(by_pass.values())
+            number = next(p for p, v in by_pass.items() if v == middle)
+            chosen = dict(next(r for r in group if r.get("pass", 1) == number))
+            chosen["per_pass_events"] = {r.get("pass", 1): r["events_per_s"] for r in group if "events_per_s" in r}
+            out.append(chosen)
+    return out
+
+
+def render_passes(runs: list[dict], scenarios: dict) -> list[str]:
+    """Every pass's events/s ÷ the framework ceiling of the same pass, per set: the spread
+    between passes is what this machine's drift does to one run."""
+    passes = sorted({r.get("pass", 1) for r in runs})
+    if len(passes) < 2:
+        return []
+    out = [
+        "### Every pass\n",
+        f"The matrix ran {len(passes)} times (`--passes`), one pass after another, each set once per pass. The tables "
+        "above show, per set, the run of the median pass (its events/s ÷ the ceiling of its own pass); the "
+        "targets take every ratio pass by pass and report the median. Here is each pass: events/s ÷ that "
+        "pass's framework ceiling (the pass-through and the ceiling: events/s); ⚠ marks a disturbed run.\n",
+        "| scenario | destinations | " + " | ".join(f"pass {p}" for p in passes) + " | median | max ÷ min |",
+        "|---|---|" + "---:|" * (len(passes) + 2),
+    ]
+    disturbed = {(r["scenario"], r["set"], r.get("pass", 1)) for r in runs if r.get("contaminated")}
+    for name in scenarios:
+        for set_key, by_pass in _pass_values(runs, name).items():
+
+            def cell(value: float, raw: bool = set_key in REFERENCE_SETS) -> str:
+                return _num(value) if raw else f"{value:.2f}×"
+
+            cells = [
+                cell(by_pass[p]) + (" ⚠" if (name, set_key, p) in disturbed else "") if p in by_pass else "–" for p in passes
+            ]
+            spread = max(by_pass.values()) / min(by_pass.values())
+            out.append(
+                f"| {name} | {SET_TITLES.get(set_key, set_key).split(':')[0]} | {' | '.join(cells)} "
+                f"| {cell(statistics.median(by_pass.values()))} | {spread:.2f} |"
+            )
+    out.append("")
+    return out
+
+
 def _errors(run: dict) -> str:
     errors = run.get("errors") or {}
     total = sum(errors.values())
@@ -67,7 +152,8 @@ def _verdict(ok: bool | None) -> str:
 
 
 def render(results: dict[str, Any]) -> str:
-    runs: list[dict] = results.get("runs", [])
+    every_pass: list[dict] = results.get("runs", [])
+    runs = representatives(every_pass)
     scenarios = results.get("scenarios", {})
     bodies = results.get("bodies", {})
     machine = results.get("machine", {})
@@ -109,7 +195,9 @@ def render(results: dict[str, Any]) -> str:
     )
     w(
         f"- **Load:** wrk 2 threads, {settings.get('warmup', 0):g} s warm-up then "
-        f"{settings.get('duration', 0):g} s measured per run; "
+        f"{settings.get('duration', 0):g} s measured per run"
+        + (f", the whole matrix {settings['passes']} times over (`--passes`)" if settings.get("passes", 1) > 1 else "")
+        + "; "
         "a fresh gunicorn per run (so peak RSS is per scenario). **wrk, nginx (double and baseline) and moto share the "
         "same 2 CPUs as the proxy**, so absolute numbers understate a dedicated host; ratios are the useful part."
     )
@@ -173,7 +261,7 @@ def render(results: dict[str, Any]) -> str:
                 continue
             is_base = r["set"] == "passthrough"
             # ÷ ceiling is for the proxy rows; the pass-through is not bounded by Flask.
-            vs_top = {"passthrough": "–", "ceiling": "1×"}.get(r["set"]) or _ratio(r["events_per_s"], top.get("events_per_s"))
+            vs_top = {"passthrough": "–", "ceiling": "1×"}.get(r["set"]) or (f"{_vs(r, top):.2f}×" if top else "–")
             w(
                 f"| {title} | {_num(r['requests_per_s'], 1)} | {_num(r['events_per_s'])} | {_num(r['p50_ms'], 1)} "
                 f"| {_num(r['p99_ms'], 1)} | {'1×' if is_base else _ratio(r['events_per_s'], pt.get('events_per_s'))} "
@@ -182,7 +270,9 @@ def render(results: dict[str, Any]) -> str:
             )
         w("")
 
-    stored = [r for r in runs if r.get("objects")]
+    out.extend(render_passes(every_pass, scenarios))
+
+    stored = [r for r in every_pass if r.get("objects")]
     if stored:
         w("### What landed in storage\n")
         w(
@@ -211,7 +301,7 @@ def render(results: dict[str, Any]) -> str:
                 )
         w("")
 
-    measured = [r for r in runs if r.get("machine")]
+    measured = [r for r in every_pass if r.get("machine")]
     if measured:
         w("### Who used the CPUs during each measured window\n")
         w(
@@ -260,7 +350,7 @@ def render(results: dict[str, Any]) -> str:
     w("| target | measured | verdict |")
     w("|---|---|---|")
     if head and pt:
-        ratio = head["events_per_s"] / pt["events_per_s"]
+        ratio = _vs(head, pt)
         w(
             f"| Mixpanel + files, browser batches ≥ 0.5× pass-through events/s | {ratio:.2f}× "
             f"({_num(head['events_per_s'])} vs {_num(pt['events_per_s'])}) | {_verdict(ratio >= 0.5)} |"
@@ -378,8 +468,8 @@ def reachable(head: dict | None, pt: dict, top: dict | None) -> str:
     )
     if not top:
         return f"{target} | framework ceiling not measured (`--sets ceiling,...`) | – |"
-    reach = top["events_per_s"] / pt["events_per_s"]
-    files = f"reaches {head['events_per_s'] / top['events_per_s']:.2f}× it" if head else "not measured"
+    reach = _vs(top, pt)
+    files = f"reaches {_vs(head, top):.2f}× it" if head else "not measured"
     return (
         f"{target} | the framework ceiling itself reaches {reach:.2f}× the pass-through ({_num(top['events_per_s'])} "
         f"vs {_num(pt['events_per_s'])} events/s), so the target asks for {0.5 / reach:.2f}× the ceiling; "
@@ -638,7 +728,7 @@ def round_two(runs: list[dict], ceiling: dict[str, dict], isolation: dict) -> li
         mine, top = run(set_key, scenario), ceiling.get(scenario)
         if not mine or not top:
             return f"| {what} | ≥ {target}× ceiling | not measured | – |"
-        ratio = mine["events_per_s"] / top["events_per_s"]
+        ratio = _vs(mine, top)
         ok = None if not target else ratio >= target and (p99 is None or mine["p99_ms"] <= p99)
         extra = f", p99 {mine['p99_ms']:.0f} ms (≤ {p99:g})" if p99 is not None else ""
         goal = ("reported" if not target else f"≥ {target}× ceiling") + (f", p99 ≤ {p99:g} ms" if p99 else "")
@@ -680,13 +770,13 @@ def round_two(runs: list[dict], ceiling: dict[str, dict], isolation: dict) -> li
     out.append(memory_target(runs, isolation))
     node, files = run("node", "browser"), run("files", "browser")
     if node and files:
-        ratio = files["events_per_s"] / node["events_per_s"]
+        ratio = _vs(files, node)
         out.append(
             f"| browser batches, Mixpanel + files ÷ the Node original (Mixpanel only) | ≥ 5× | {ratio:.2f}× "
             f"({_num(files['events_per_s'])} vs {_num(node['events_per_s'])}) | {_verdict(ratio >= 5)} |"
         )
         if essential := run("essential", "browser"):
-            bound = essential["events_per_s"] / node["events_per_s"]
+            bound = _vs(essential, node)
             out.append(
                 "| … the essential-work ceiling ÷ the Node original: the most any Mixpanel + files proxy on this stack "
                 f"reaches | reported | {bound:.2f}× ({_num(essential['events_per_s'])} vs {_num(node['events_per_s'])}) "
@@ -710,7 +800,7 @@ def forwarding_budget(forward: dict | None, top: dict | None, mixpanel: dict | N
         return ["| … forwarding alone: the forwarding ceiling | reported | not measured (`--sets forward`) | – |"]
     rows = [
         f"| … forwarding alone: the forwarding ceiling (`bench.ceiling:forwarder`) | reported "
-        f"| {forward['events_per_s'] / top['events_per_s']:.2f}× ({_num(forward['events_per_s'])} vs "
+        f"| {_vs(forward, top):.2f}× ({_num(forward['events_per_s'])} vs "
         f"{_num(top['events_per_s'])} events/s) | – |"
     ]
     c_top, c_fwd = _cpu_us_per_request(top), _cpu_us_per_request(forward)
@@ -725,7 +815,7 @@ def forwarding_budget(forward: dict | None, top: dict | None, mixpanel: dict | N
         )
         rows.append(
             f"| browser batches, Mixpanel only ÷ the forwarding ceiling (proposed) | reported "
-            f"| {mixpanel['events_per_s'] / forward['events_per_s']:.2f}× ({_num(mixpanel['events_per_s'])} vs "
+            f"| {_vs(mixpanel, forward):.2f}× ({_num(mixpanel['events_per_s'])} vs "
             f"{_num(forward['events_per_s'])} events/s) | – |"
         )
     return rows
@@ -750,14 +840,14 @@ def _bound(
     `proxy_name` run reaches against the `proposed` target."""
     if not bound_run or not top:
         return [f"| … {lead}: {ceiling} | reported | not measured (`--sets {sets}`) | – |"]
-    ratio = bound_run["events_per_s"] / top["events_per_s"]
+    ratio = _vs(bound_run, top)
     rows = [
         f"| … {lead}: {ceiling} (`bench.ceiling:{app}`), a bound on any {kind} proxy | reported "
         f"| {ratio:.2f}× ({_num(bound_run['events_per_s'])} vs {_num(top['events_per_s'])} events/s) "
         f"| {_reach(ratio, target)} |"
     ]
     if proxy:
-        share = proxy["events_per_s"] / bound_run["events_per_s"]
+        share = _vs(proxy, bound_run)
         rows.append(
             f"| browser batches, {proxy_name} ÷ {ceiling} (proposed) | ≥ {proposed}× "
             f"| {share:.2f}× ({_num(proxy['events_per_s'])} vs {_num(bound_run['events_per_s'])} events/s) "
