@@ -167,6 +167,14 @@ class Wakeup:
         else:
             self._callback()
 
+    def close(self) -> None:
+        """Call back once more, now (whatever was sent last is handled), and stop watching.
+        Call it in the loop's thread, once no other thread sends any more."""
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
+            self._callback()
+
 
 def off_loop(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run blocking work (zlib, disk I/O, fsync) on gevent's thread pool when gevent drives

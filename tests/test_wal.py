@@ -201,6 +201,7 @@ GEVENT_SYNCER = textwrap.dedent(
     assert covered == [True] * 640, covered.count(False)
     assert 1 <= rounds() < 640, rounds()  # observed in the loop; requests shared rounds
     wal.close()
+    assert not wal._wakeup.in_loop  # closing the log stops watching the loop
 
     # A syncer that ends for any reason wakes the requests waiting for it, which start another.
     dying = WriteAheadLog(BufferConfig(directory=sys.argv[2], fsync_ms=10))

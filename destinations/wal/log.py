@@ -502,6 +502,8 @@ class WriteAheadLog:
             self._wake_syncer()  # it syncs what is pending, then ends
         if self._syncer is not None and not self._syncer.join(10):
             log.warning("write-ahead buffer: the last fsync round did not finish within 10 s")
+        elif self._wakeup is not None:
+            self._wakeup.close()  # the last round's waiters are woken now; the loop stops watching
         with self._lock:
             for segment in list(self.segments.values()):
                 if segment.file is not None:
