@@ -97,8 +97,9 @@ def render_passes(runs: list[dict], scenarios: dict) -> list[str]:
         "### Every pass\n",
         f"The matrix ran {len(passes)} times (`--passes`), one pass after another, each set once per pass. The tables "
         "above show, per set, the run of the median pass (its events/s ÷ the ceiling of its own pass); the "
-        "targets take every ratio pass by pass and report the median. Here is each pass: events/s ÷ that "
-        "pass's framework ceiling (the pass-through and the ceiling: events/s); ⚠ marks a disturbed run.\n",
+        "targets take every ratio pass by pass and report the median, so the events/s printed beside a ratio (each "
+        "set's median pass) need not divide to it. Here is each pass: events/s ÷ that pass's framework ceiling (the "
+        "pass-through and the ceiling: events/s); ⚠ marks a disturbed run.\n",
         "| scenario | destinations | " + " | ".join(f"pass {p}" for p in passes) + " | median | max ÷ min |",
         "|---|---|" + "---:|" * (len(passes) + 2),
     ]
