@@ -7,9 +7,11 @@ const { chromium } = require("playwright-core");
 
 const [url, executablePath] = process.argv.slice(2);
 const CLICKS = [
-  // button, replies it must add (identify sends $identify; group set also sets the user's group key)
+  // button, replies it adds: identify sends $identify (/track) and, the first time, $set_once of the
+  // initial referrer (/engage), in either order; group set also sets the user's group key (/engage).
+  // Each click waits for all of its replies, so none arrives after its click's replies were read.
   ["#track", 1],
-  ["#identify", 1],
+  ["#identify", 2],
   ["#people-set", 1],
   ["#people-increment", 1],
   ["#group-set", 2],
