@@ -143,8 +143,9 @@ class NativeThread:
 class Wakeup:
     """Call `callback` in this worker's event loop when another OS thread calls `send()`: the
     way a `NativeThread` hands results back without touching gevent objects itself (a gevent
-    lock or event used from a foreign thread costs a round of cross-thread signalling each,
-    and a prometheus metric's lock is one). Sends that come before the callback has run are
+    lock or event used from a foreign thread costs a round of cross-thread signalling each;
+    a `threading.Lock` made after patching, as a metric's may be, is one). Sends that come
+    before the callback has run are
     answered by one call. Unpatched, `send()` calls `callback` in the sending thread.
     Create it in the thread that runs the event loop (a request's, not gunicorn's master)."""
 

@@ -25,8 +25,8 @@ small native lock (`_sync_lock`), so the thread never touches the log's own lock
 touches no gevent object either: it signals the worker's event loop (core/green.py
 `Wakeup`), where a callback records the round's fsync time and wakes the waiting
 requests: with one request per round, that took the thread's CPU per round from about
-600 us (setting a gevent event and observing a prometheus histogram itself, each a gevent
-lock taken from a foreign thread) to 265-480 us (docs/buffer.md, "Cost").
+600 us (setting a gevent event and observing a prometheus histogram itself, gevent objects
+used from a foreign thread) to 265-480 us (docs/buffer.md, "Cost").
 """
 
 from __future__ import annotations
