@@ -109,12 +109,15 @@ class NativeThread:
     loop's thread): the thread then touches no gevent object itself."""
 
     def __init__(self, target: Callable[[], None], name: str, on_exit: Callable[[], None] | None = None) -> None:
-        """`on_exit` is called in the thread once it has ended (`alive` is False), however it ended."""
+        """`on_exit` is called in the thread once `target` has ended, however it ended: by then
+        `alive` is False, and `join()` returns only after `on_exit` has."""
         self.name = name
         self._target = target
         self._on_exit = on_exit
-        self._finished = native_lock()
+        self._finished = native_lock()  # held while `target` runs
         self._finished.acquire()
+        self._exited = native_lock()  # held until `on_exit` has run too
+        self._exited.acquire()
         unpatched("_thread", "start_new_thread")(self._run, ())
 
     def _run(self) -> None:
@@ -124,18 +127,21 @@ class NativeThread:
             log.exception("thread %s failed", self.name)
         finally:
             self._finished.release()
-            if self._on_exit is not None:
-                self._on_exit()
+            try:
+                if self._on_exit is not None:
+                    self._on_exit()
+            finally:
+                self._exited.release()
 
     @property
     def alive(self) -> bool:
         return self._finished.locked()
 
     def join(self, timeout: float) -> bool:
-        """Wait up to `timeout` seconds for the thread to end (blocking this whole worker, so
-        only at shutdown); whether it did."""
-        if self._finished.acquire(timeout=timeout):
-            self._finished.release()
+        """Wait up to `timeout` seconds for the thread to end, `on_exit` included (blocking this
+        whole worker, so only at shutdown); whether it did."""
+        if self._exited.acquire(timeout=timeout):
+            self._exited.release()
             return True
         return False
 
@@ -145,9 +151,9 @@ class Wakeup:
     way a `NativeThread` hands results back without touching gevent objects itself (a gevent
     lock or event used from a foreign thread costs a round of cross-thread signalling each;
     a `threading.Lock` made after patching, as a metric's may be, is one). Sends that come
-    before the callback has run are
-    answered by one call. Unpatched, `send()` calls `callback` in the sending thread.
-    Create it in the thread that runs the event loop (a request's, not gunicorn's master)."""
+    before the callback has run are answered by one call. Unpatched, `send()` calls
+    `callback` in the sending thread. Create it in the thread that runs the event loop (a
+    request's, not gunicorn's master)."""
 
     def __init__(self, callback: Callable[[], None]) -> None:
         self._callback = callback

@@ -503,7 +503,9 @@ class WriteAheadLog:
         if self._syncer is not None and not self._syncer.join(10):
             log.warning("write-ahead buffer: the last fsync round did not finish within 10 s")
         elif self._wakeup is not None:
-            self._wakeup.close()  # the last round's waiters are woken now; the loop stops watching
+            # The syncer has ended and sent its last signal (join waits for on_exit): the last
+            # round's waiters are woken now, and the loop stops watching.
+            self._wakeup.close()
         with self._lock:
             for segment in list(self.segments.values()):
                 if segment.file is not None:
