@@ -277,8 +277,7 @@ class WriteAheadLog:
                 # Set by the loop after every round, and when the syncer ends for any reason:
                 # no timer per waiting request.
                 done.wait()
-                if not (self._syncer and self._syncer.alive):
-                    self._ensure_syncer()
+                self._ensure_syncer()  # returns at once while the syncer runs
             elif not done.wait(1.0):
                 self._ensure_syncer()  # if it died (and logged why), nothing else would sync this frame
         if ticket.segment.broken:
