@@ -29,6 +29,31 @@ from proxy.runtime import build_runtime
 log = logging.getLogger("proxy")
 
 
+class ProxyFlask(Flask):
+    """Flask, with the answer of `ensure_sync` remembered per function.
+
+    Flask asks `inspect.iscoroutinefunction` of every hook and view on every request
+    (five times per ingest request here), though the answer for a function never changes.
+    Flask documents `ensure_sync` as the method to override for how views run."""
+
+    MAX_REMEMBERED = 256  # far more than the app's hooks, views and error handlers
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sync: dict[Any, Any] = {}
+
+    def ensure_sync(self, func: Any) -> Any:
+        try:
+            return self._sync[func]
+        except KeyError:
+            sync = super().ensure_sync(func)
+            if len(self._sync) < self.MAX_REMEMBERED:
+                self._sync[func] = sync
+            return sync
+        except TypeError:  # an unhashable callable
+            return super().ensure_sync(func)
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     configure_logging(settings)
@@ -37,7 +62,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # The write-ahead buffer claims its directory under BUFFER_DIR: done here, not in the
     # configuration check (gunicorn's master runs that in a throw-away child).
     rt.buffer = open_buffer(settings, rt.destinations)
-    app = Flask(__name__)
+    app = ProxyFlask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = None  # we enforce MAX_BODY_BYTES ourselves, after gunzip too
     app.extensions["mpproxy"] = rt
     init_cors(app, settings.frontend_url, settings.base_path)

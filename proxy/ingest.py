@@ -48,8 +48,9 @@ def read_body(max_bytes: int, timeout: float | None = None) -> bytes:
     expired = payloads.BodyTimeout(f"request body not received within {timeout:g}s") if timeout else None
     with green.deadline(timeout, expired):
         try:
+            stream = request.stream
             while size <= max_bytes:
-                chunk = request.stream.read(min(1 << 16, max_bytes + 1 - size))
+                chunk = stream.read(min(1 << 16, max_bytes + 1 - size))
                 if not chunk:
                     break
                 parts.append(chunk)
@@ -69,11 +70,12 @@ def read_body(max_bytes: int, timeout: float | None = None) -> bytes:
 def handle(endpoint: str) -> Response:
     rt = runtime()
     received_at = time.time()
+    headers = request.headers
     query = request.args.to_dict(flat=True)
     verbose_hint = query.get("verbose", "") in payloads.TRUE_FLAGS
     try:
         body = read_body(rt.settings.max_body_bytes, rt.body_read_timeout)
-        decoded = payloads.decode(body, query, request.headers.get("Content-Encoding"), rt.settings.max_body_bytes)
+        decoded = payloads.decode(body, query, headers.get("Content-Encoding"), rt.settings.max_body_bytes)
     except payloads.PayloadError as exc:
         log.info("rejected %s request: %s", endpoint, exc)
         return replies.error(str(exc), exc.status, verbose_hint, endpoint)
@@ -114,7 +116,7 @@ def handle(endpoint: str) -> Response:
         rows=rows,
         # ip=0: Mixpanel must not geolocate this request by the client's address either.
         client_ip=ip if decoded.ip_enabled else None,
-        authorization=request.headers.get("Authorization"),
+        authorization=headers.get("Authorization"),
         upstream_params=tuple((k, v) for k, v in decoded.params.items() if k in allowed),
         ticket=ticket,
         record_lines=record_lines,

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from app import ProxyFlask
 from proxy import __version__
 from tests.fixtures_core import b64, run_proxy  # noqa: F401
 from tests.support.mixpanel_double import LIB_BODY, Behaviour
@@ -46,6 +47,23 @@ def test_cors_unset_reflects_the_origin_with_credentials(make_app, mp) -> None:
     assert reply.headers["Access-Control-Allow-Origin"] == "https://shop.example"
     assert reply.headers["Access-Control-Allow-Credentials"] == "true"
     assert "Origin" in reply.headers["Vary"]
+
+
+def test_cors_without_an_origin_sends_only_vary(make_app, mp) -> None:
+    """flask-cors runs only when there is an Origin (server-side SDKs send none): nothing to
+    grant then, and every SDK route still says its answer varies by Origin."""
+    app = make_app(destinations="mixpanel", mixpanel_api_host=mp.url)
+    client = app.test_client()
+    for reply in (
+        client.post("/track/", data={"data": b64(event())}),
+        client.options("/track/", headers={"Access-Control-Request-Method": "POST"}),
+    ):
+        assert reply.status_code < 300
+        assert not [h for h in reply.headers.keys() if h.startswith("Access-Control-")]
+        assert reply.headers.getlist("Vary") == ["Origin"]
+    assert not client.get("/ping").headers.get("Vary")  # operator routes are not CORS routes
+    granted = client.post("/track/", data={"data": b64(event())}, headers={"Origin": "https://shop.example"})
+    assert granted.headers.getlist("Access-Control-Allow-Origin") == ["https://shop.example"]  # flask-cors ran, once
 
 
 @pytest.mark.parametrize("frontend_url", ["https://a.example, https://b.example/", "https://b.example"])
@@ -88,6 +106,31 @@ def test_cors_preflight_with_custom_headers(make_app) -> None:
     assert "Origin" in reply.headers["Vary"]
     refused = client.options("/track/", headers={"Origin": "https://b.example", "Access-Control-Request-Method": "POST"})
     assert "Access-Control-Allow-Origin" not in refused.headers
+
+
+def test_the_app_remembers_whether_each_function_is_synchronous() -> None:
+    app = ProxyFlask("remembers")
+
+    def view() -> str:
+        return "ok"
+
+    class Unhashable:
+        __hash__ = None  # type: ignore[assignment]
+
+        def __call__(self) -> str:
+            return "ok"
+
+    async def coroutine() -> str:
+        return "ok"
+
+    assert app.ensure_sync(view) is view and app.ensure_sync(view) is view
+    assert list(app._sync) == [view]
+    unhashable = Unhashable()
+    assert app.ensure_sync(unhashable) is unhashable  # answered, not remembered
+    wrapped = app.ensure_sync(coroutine)  # Flask's wrapper, made once
+    assert wrapped is not coroutine and app.ensure_sync(coroutine) is wrapped
+    assert wrapped() == "ok"
+    assert list(app._sync) == [view, coroutine]
 
 
 # --- pass-through ----------------------------------------------------------------------------
