@@ -134,6 +134,7 @@ def run_wrk(
         "BENCH_PATH": scenario.path,
         "BENCH_CONTENT_TYPE": scenario.content_type,
         "BENCH_AUTH": scenario.authorization or "",
+        "BENCH_ORIGIN": scenario.origin or "",
         "BENCH_RESULT": str(result),
         "BENCH_STATUSES": "1" if statuses else "",
     }
@@ -769,6 +770,7 @@ class Bench:
                 "BENCH_BODIES": bodies,
                 "BENCH_PATH": scenario.path,
                 "BENCH_CONTENT_TYPE": scenario.content_type,
+                "BENCH_ORIGIN": scenario.origin or "",
                 "BENCH_RESULT": str(result),
             }
             workers = server.worker_pids()

@@ -35,6 +35,7 @@ PAGES = ["/", "/pricing", "/docs/getting-started", "/blog/how-we-scaled", "/sign
 EVENTS = ["$mp_web_page_view", "Button Clicked", "Signed Up", "Viewed Item", "Added To Cart", "Search", "Video Played"]
 REFERRERS = ["$direct", "https://www.google.com/", "https://news.ycombinator.com/", "https://t.co/abc", "https://duckduckgo.com/"]
 CAMPAIGNS = ["spring_sale", "brand", "retargeting", "newsletter_42"]
+PAGE_ORIGIN = "https://www.example.com"  # the site whose pages run the browser SDK
 
 
 @dataclass(frozen=True)
@@ -47,17 +48,43 @@ class Scenario:
     connections: int
     bodies: int  # distinct bodies generated
     authorization: str | None = None
+    # The page's origin: a browser sends it with every POST (cross-origin or not), so the
+    # proxy's CORS runs as it does for real pages. Server-side senders (/import) send none.
+    origin: str | None = None
 
 
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
         Scenario(
-            "browser", "browser batch (50 events)", "/track/?verbose=1&ip=1", "application/x-www-form-urlencoded", 50, 32, 200
+            "browser",
+            "browser batch (50 events)",
+            "/track/?verbose=1&ip=1",
+            "application/x-www-form-urlencoded",
+            50,
+            32,
+            200,
+            origin=PAGE_ORIGIN,
         ),
-        Scenario("single", "single event", "/track/?verbose=1&ip=1", "application/x-www-form-urlencoded", 1, 32, 2000),
         Scenario(
-            "engage", "engage batch (50 updates)", "/engage/?verbose=1&ip=1", "application/x-www-form-urlencoded", 50, 32, 200
+            "single",
+            "single event",
+            "/track/?verbose=1&ip=1",
+            "application/x-www-form-urlencoded",
+            1,
+            32,
+            2000,
+            origin=PAGE_ORIGIN,
+        ),
+        Scenario(
+            "engage",
+            "engage batch (50 updates)",
+            "/engage/?verbose=1&ip=1",
+            "application/x-www-form-urlencoded",
+            50,
+            32,
+            200,
+            origin=PAGE_ORIGIN,
         ),
         Scenario(
             "import",

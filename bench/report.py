@@ -210,6 +210,7 @@ def render(results: dict[str, Any]) -> str:
     for name, sc in scenarios.items():
         b = bodies.get(name, {})
         request = f"POST `{sc['path']}` {sc['content_type']}" + (" + Basic auth" if sc.get("authorization") else "")
+        request += " + `Origin`" if sc.get("origin") else ""
         w(
             f"| {name} | {request} | {sc['events_per_request']:,} | {_num(b.get('bytes_mean', 0) / 1024, 1)} KB "
             f"| {b.get('properties_mean', '–')} | {sc['connections']} |"

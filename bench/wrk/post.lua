@@ -1,6 +1,6 @@
 -- wrk script: POST bodies read from a file (one body per line), cycled per connection thread.
 -- Environment: BENCH_BODIES (file), BENCH_PATH, BENCH_CONTENT_TYPE, BENCH_AUTH (optional
--- Authorization header), BENCH_RESULT (JSON summary written by done()), BENCH_STATUSES=1
+-- Authorization header), BENCH_ORIGIN (optional Origin header, as a browser sends), BENCH_RESULT (JSON summary written by done()), BENCH_STATUSES=1
 -- (also count every reply by HTTP status: a response() hook, which costs wrk some CPU).
 
 local bodies = {}
@@ -10,6 +10,10 @@ local headers = { ["Content-Type"] = os.getenv("BENCH_CONTENT_TYPE") or "applica
 local auth = os.getenv("BENCH_AUTH")
 if auth and auth ~= "" then
   headers["Authorization"] = auth
+end
+local origin = os.getenv("BENCH_ORIGIN")
+if origin and origin ~= "" then
+  headers["Origin"] = origin
 end
 headers["X-Forwarded-For"] = "203.0.113.7"
 
