@@ -3,7 +3,8 @@
 `.venv/bin/python -m bench.micro [--calls N]`, in one process, each step N times in a row:
 
 * the upstream call: the same gzip'd 50-event body POSTed to the nginx Mixpanel double's /track
-  (bench/procs.py) through urllib3 (what Mixpanel forwarding used) and through core/http.py;
+  (bench/procs.py) through urllib3 (what Mixpanel forwarding used first), through one kept-alive
+  http.client connection (what core/http.py used until 2026-12-03) and through core/http.py;
 * reading one mixpanel-browser batch (bench/payloads.py, 50 events): its base64 through the
   standard library and through pybase64; the exact path alone (json.loads and its repairs)
   against `proxy.payloads._loads`, which tries orjson first;
@@ -18,6 +19,7 @@ import argparse
 import base64
 import binascii
 import gzip
+import http.client
 import json
 import subprocess
 import sys
@@ -102,11 +104,19 @@ def upstream(calls: int) -> None:
                 answer = manager.request("POST", base + TARGET, body=body, headers=HEADERS, timeout=timeout, redirect=False)
                 assert answer.status == 200 and answer.data
 
+            kept = http.client.HTTPConnection("127.0.0.1", nginx.mixpanel_port, timeout=10.0)
+
+            def with_http_client() -> None:
+                kept.request("POST", TARGET, body=body, headers=HEADERS)
+                answer = kept.getresponse()
+                assert answer.status == 200 and answer.read()
+
             def with_core_http() -> None:
                 answer = pool.request("POST", TARGET, body, HEADERS, connect_timeout=5.0, read_timeout=10.0)
                 assert answer.status == 200 and answer.content
 
             report("upstream call: urllib3 PoolManager", with_urllib3, calls)
+            report("upstream call: http.client, kept alive", with_http_client, calls)
             report("upstream call: core.http ConnectionPool", with_core_http, calls)
         finally:
             nginx.stop()

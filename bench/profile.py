@@ -12,7 +12,7 @@ PHASES: tuple[tuple[str, tuple[str, ...]], ...] = (
         "upstream: JSON encode (mixpanel.py chunks)",
         ("MixpanelDestination.write", "chunks (destinations/mixpanel.py"),
     ),
-    ("upstream: the HTTP call (core/http.py, http.client) + socket I/O", ("MixpanelDestination.write",)),
+    ("upstream: the HTTP call (core/http.py) + socket I/O", ("MixpanelDestination.write",)),
     ("write-ahead buffer: append (frame, compress, write)", ("DiskBuffer.append",)),
     (
         "write-ahead buffer: fsync syscalls (its own OS thread, off the GIL; mostly waiting on the disk)",

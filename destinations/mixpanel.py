@@ -105,9 +105,9 @@ class UpstreamResponse:
 
 class MixpanelClient:
     """The worker's connections to Mixpanel, opened on first use (gevent-safe after
-    monkey-patching). Direct calls go through `core.http.ConnectionPool` (http.client with
-    keep-alive): the upstream call is on every request's path, and that costs well under
-    half of urllib3's CPU per call (`python -m bench.micro`). With an outbound
+    monkey-patching). Direct calls go through `core.http.ConnectionPool` (keep-alive,
+    responses parsed by httptools): the upstream call is on every request's path, and that
+    costs a fraction of urllib3's CPU per call (`python -m bench.micro`). With an outbound
     proxy (HTTPS_PROXY / HTTP_PROXY for Mixpanel's scheme) calls go through urllib3's
     ProxyManager, which speaks CONNECT and proxy authentication."""
 

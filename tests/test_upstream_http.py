@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+import socket
 import ssl
 import threading
 import time
 from collections.abc import Iterator
+from http.client import InvalidURL
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -125,5 +128,137 @@ def test_https_verifies_the_certificate(tmp_path: Path) -> None:
         trusted = http.ConnectionPool(server.url, ca_file=str(cert))
         assert [get(trusted, f"/{i}").content for i in range(3)] == [b"/0", b"/1", b"/2"]
         assert server.distinct_connections() == 1
+    finally:
+        server.stop()
+
+
+class Scripted:
+    """A TCP server that answers each connection's requests with scripted raw bytes, one
+    reply per request, and records what it received."""
+
+    def __init__(self, replies: list[bytes], close_after: bool = False) -> None:
+        self.replies = list(replies)
+        self.close_after = close_after
+        self.received: list[bytes] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while self.replies:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                while self.replies:
+                    data = b""
+                    while b"\r\n\r\n" not in data:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                    if not data:
+                        break
+                    head, _, rest = data.partition(b"\r\n\r\n")
+                    length = re.search(rb"(?i)content-length: *(\d+)", head)
+                    while length and len(rest) < int(length.group(1)):
+                        rest += conn.recv(65536)
+                    self.received.append(data)
+                    conn.sendall(self.replies.pop(0))
+                    if self.close_after:
+                        break
+
+    def stop(self) -> None:
+        self.sock.close()
+
+
+def scripted(replies: list[bytes], **kwargs: bool) -> Scripted:
+    return Scripted(replies, **kwargs)
+
+
+def test_chunked_answers_and_repeated_headers_are_read_whole_and_the_connection_reused() -> None:
+    server = scripted(
+        [
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nSet-Cookie: a=1\r\nset-cookie: b=2\r\n\r\n"
+            b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+            b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
+        ]
+    )
+    try:
+        pool = http.ConnectionPool(server.url)
+        first = pool.request("POST", "/a", b"{}", {"Content-Type": "application/json"}, connect_timeout=5, read_timeout=5)
+        assert (first.status, first.content, first.headers["SET-COOKIE"]) == (200, b"abcde", "a=1")
+        assert list(first.headers) == ["Transfer-Encoding", "Set-Cookie"] and "set-cookie" in first.headers
+        second = get(pool, "/b")
+        assert (second.status, second.content) == (201, b"ok")
+        assert len(pool._idle) == 1  # both answers came over one connection, which is kept
+        request = server.received[0].decode("latin-1")
+        assert request.startswith("POST /a HTTP/1.1\r\n")
+        for line in (f"Host: 127.0.0.1:{server.url.rsplit(':', 1)[1]}", "Accept-Encoding: identity", "Content-Length: 2"):
+            assert f"\r\n{line}\r\n" in request
+    finally:
+        server.stop()
+
+
+def test_an_answer_that_ends_with_the_connection_and_informational_answers() -> None:
+    server = scripted([b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nX-A: 1\r\n\r\nuntil the end"], close_after=True)
+    try:
+        pool = http.ConnectionPool(server.url)
+        answer = pool.request("POST", "/", None, connect_timeout=5, read_timeout=5)
+        assert (answer.status, answer.headers.get("x-a"), answer.content) == (200, "1", b"until the end")
+        assert pool._idle == []  # the server ended it: not kept
+        assert "\r\nContent-Length: 0\r\n" in server.received[0].decode()  # a POST without a body says so
+    finally:
+        server.stop()
+
+
+def test_a_head_answer_ends_with_its_headers() -> None:
+    server = scripted([b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", b"HTTP/1.1 204 No Content\r\n\r\n"])
+    try:
+        pool = http.ConnectionPool(server.url)
+        head = pool.request("HEAD", "/", connect_timeout=5, read_timeout=5)
+        assert (head.status, head.headers["content-length"], head.content) == (200, "1000", b"")
+        assert get(pool, "/again").status == 204  # the same connection carried on
+        assert len(pool._idle) == 1
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",  # cut off before its length
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",  # cut off inside a chunk
+        b"NOT HTTP AT ALL\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Big: " + b"x" * (70 * 1024) + b"\r\n\r\n",
+    ],
+)
+def test_a_malformed_or_truncated_answer_is_an_http_error_and_its_connection_is_dropped(reply: bytes) -> None:
+    server = scripted([reply], close_after=True)
+    try:
+        pool = http.ConnectionPool(server.url)
+        with pytest.raises(http.ProtocolError):
+            get(pool, "/")
+        assert issubclass(http.ProtocolError, http.ERRORS) and pool._idle == []
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("target", "headers", "error"),
+    [
+        ("/ok", {"X-Bad": "a\r\nInjected: 1"}, ValueError),
+        ("/ok", {"Bad Name": "1"}, ValueError),
+        ("/a b", {}, InvalidURL),
+        ("/a\r\nX: 1", {}, InvalidURL),
+    ],
+)
+def test_a_header_or_target_that_would_split_the_request_is_refused_before_sending(target, headers, error) -> None:
+    server = scripted([b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"])
+    try:
+        with pytest.raises(error):
+            http.ConnectionPool(server.url).request("GET", target, None, headers, connect_timeout=5, read_timeout=5)
+        assert server.received == []
     finally:
         server.stop()
