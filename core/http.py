@@ -145,27 +145,14 @@ class _Reading:
         except httptools.HttpParserError as exc:
             raise ProtocolError(f"malformed response: {exc}") from None
 
-    def ended(self) -> bool:
-        """At the end of the connection: whether that ended the answer (one framed by
-        neither Content-Length nor chunked encoding); raises if it cut the answer short."""
+    def ended(self) -> None:
+        """At the end of the connection: that ends an answer framed by neither Content-Length
+        nor chunked encoding; any other answer it cut short raises."""
         names = {name.lower() for name, _ in self.pairs}
         if self.headers_done and self.status >= 200 and "content-length" not in names and "transfer-encoding" not in names:
             self.done = True
-            return True
+            return
         raise ProtocolError("the server closed the connection before the response was complete")
-
-
-class _Connection:
-    __slots__ = ("sock",)
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
 
 
 class ConnectionPool:
@@ -193,7 +180,7 @@ class ConnectionPool:
         self.max_idle = max_idle
         self.idle_seconds = idle_seconds
         self.headers = dict(headers or {})
-        self._idle: list[tuple[float, _Connection]] = []
+        self._idle: list[tuple[float, socket.socket]] = []
         self._lock = threading.Lock()
         self.ca_file = ca_file or certifi.where()  # the CA bundle requests and urllib3 use, not the image's
         self._context: ssl.SSLContext | None = None
@@ -212,25 +199,25 @@ class ConnectionPool:
         """One exchange; raises one of ERRORS when it fails (nothing is retried here), and
         ValueError for a header or target http.client would refuse too."""
         message = self._message(method, target, body, {**self.headers, **(headers or {})})
-        conn = self._checkout(connect_timeout)
+        sock = self._checkout(connect_timeout)
         try:
-            conn.sock.settimeout(read_timeout)
-            conn.sock.sendall(message)
+            sock.settimeout(read_timeout)
+            sock.sendall(message)
             reading = _Reading(head=method == "HEAD")
             while not reading.done:
-                data = conn.sock.recv(RECV_BYTES)
+                data = sock.recv(RECV_BYTES)
                 if not data:
                     reading.ended()
                     break
                 reading.feed(data)
             keep = reading.keep_alive
         except BaseException:
-            conn.close()
+            sock.close()
             raise
         if keep:
-            self._checkin(conn)
+            self._checkin(sock)
         else:
-            conn.close()
+            sock.close()
         return Response(reading.status, Headers(reading.pairs), b"".join(reading.body))
 
     def _message(self, method: str, target: str, body: bytes | None, headers: Mapping[str, str]) -> bytes:
@@ -259,16 +246,16 @@ class ConnectionPool:
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         return head + body if body else head
 
-    def _checkout(self, connect_timeout: float) -> _Connection:
+    def _checkout(self, connect_timeout: float) -> socket.socket:
         now = time.monotonic()
         while True:
             with self._lock:
                 if not self._idle:
                     break
-                since, conn = self._idle.pop()
-            if now - since <= self.idle_seconds and _alive(conn):
-                return conn
-            conn.close()
+                since, sock = self._idle.pop()
+            if now - since <= self.idle_seconds and _alive(sock):
+                return sock
+            sock.close()
         sock = socket.create_connection((self.host, self.port), timeout=connect_timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -277,14 +264,14 @@ class ConnectionPool:
         except BaseException:
             sock.close()
             raise
-        return _Connection(sock)
+        return sock
 
-    def _checkin(self, conn: _Connection) -> None:
+    def _checkin(self, sock: socket.socket) -> None:
         with self._lock:
             if not self._closed and len(self._idle) < self.max_idle:
-                self._idle.append((time.monotonic(), conn))
+                self._idle.append((time.monotonic(), sock))
                 return
-        conn.close()
+        sock.close()
 
     def _ssl(self) -> ssl.SSLContext:
         if self._context is None:
@@ -296,15 +283,15 @@ class ConnectionPool:
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
-        for _, conn in idle:
-            conn.close()
+        for _, sock in idle:
+            sock.close()
 
 
-def _alive(conn: _Connection) -> bool:
+def _alive(sock: socket.socket) -> bool:
     """Whether an idle keep-alive connection is still usable: readable means the server
     closed it (or sent something unasked), either way it must not carry a request."""
     try:
-        readable, _, _ = _select([conn.sock], [], [], 0)
+        readable, _, _ = _select([sock], [], [], 0)
     except (OSError, ValueError):
         return False
     return not readable

@@ -173,12 +173,8 @@ class Scripted:
         self.sock.close()
 
 
-def scripted(replies: list[bytes], **kwargs: bool) -> Scripted:
-    return Scripted(replies, **kwargs)
-
-
 def test_chunked_answers_and_repeated_headers_are_read_whole_and_the_connection_reused() -> None:
-    server = scripted(
+    server = Scripted(
         [
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nSet-Cookie: a=1\r\nset-cookie: b=2\r\n\r\n"
             b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
@@ -202,7 +198,7 @@ def test_chunked_answers_and_repeated_headers_are_read_whole_and_the_connection_
 
 
 def test_an_answer_that_ends_with_the_connection_and_informational_answers() -> None:
-    server = scripted([b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nX-A: 1\r\n\r\nuntil the end"], close_after=True)
+    server = Scripted([b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nX-A: 1\r\n\r\nuntil the end"], close_after=True)
     try:
         pool = http.ConnectionPool(server.url)
         answer = pool.request("POST", "/", None, connect_timeout=5, read_timeout=5)
@@ -214,7 +210,7 @@ def test_an_answer_that_ends_with_the_connection_and_informational_answers() -> 
 
 
 def test_a_head_answer_ends_with_its_headers() -> None:
-    server = scripted([b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", b"HTTP/1.1 204 No Content\r\n\r\n"])
+    server = Scripted([b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", b"HTTP/1.1 204 No Content\r\n\r\n"])
     try:
         pool = http.ConnectionPool(server.url)
         head = pool.request("HEAD", "/", connect_timeout=5, read_timeout=5)
@@ -235,7 +231,7 @@ def test_a_head_answer_ends_with_its_headers() -> None:
     ],
 )
 def test_a_malformed_or_truncated_answer_is_an_http_error_and_its_connection_is_dropped(reply: bytes) -> None:
-    server = scripted([reply], close_after=True)
+    server = Scripted([reply], close_after=True)
     try:
         pool = http.ConnectionPool(server.url)
         with pytest.raises(http.ProtocolError):
@@ -255,7 +251,7 @@ def test_a_malformed_or_truncated_answer_is_an_http_error_and_its_connection_is_
     ],
 )
 def test_a_header_or_target_that_would_split_the_request_is_refused_before_sending(target, headers, error) -> None:
-    server = scripted([b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"])
+    server = Scripted([b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"])
     try:
         with pytest.raises(error):
             http.ConnectionPool(server.url).request("GET", target, None, headers, connect_timeout=5, read_timeout=5)
