@@ -11,15 +11,18 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 Kind = Literal["event", "user", "group"]
 ENDPOINT_KINDS: dict[str, Kind] = {"track": "event", "import": "event", "engage": "user", "groups": "group"}
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One SDK record. `payload` is shared by every destination: treat it as read-only."""
+class Record(NamedTuple):
+    """One SDK record. `payload` is shared by every destination: treat it as read-only.
+
+    A named tuple, immutable as a frozen dataclass is, but built in a third of the time
+    (0.6 against 1.5 µs: a frozen dataclass sets each field through `object.__setattr__`),
+    and a browser batch builds 50 of them per request."""
 
     kind: Kind
     payload: Any  # normally a dict; odd items (e.g. `null`) are kept so Mixpanel can judge them
@@ -89,29 +92,24 @@ def client_ip(forwarded_for: str | None, remote_addr: str | None, trusted_hops: 
 def _normalize_event(item: dict, ip: str | None, token: str | None, now_ms: int) -> dict:
     props = item.get("properties")
     if props is None:
-        props = {}
+        props = item["properties"] = {}
     elif not isinstance(props, dict):
         return item  # Mixpanel judges it; nothing safe to add
-    else:
-        props = dict(props)
     if ip and "ip" not in props:
         props["ip"] = ip
     if token:
         props["token"] = token
     if "time" not in props:
         props["time"] = now_ms
-    out = dict(item)
-    out["properties"] = props
-    return out
+    return item
 
 
 def _normalize_profile(item: dict, ip: str | None, token: str | None, with_ip: bool) -> dict:
-    out = dict(item)
     if token:
-        out["$token"] = token
-    if with_ip and ip and "$ip" not in out:
-        out["$ip"] = ip
-    return out
+        item["$token"] = token
+    if with_ip and ip and "$ip" not in item:
+        item["$ip"] = ip
+    return item
 
 
 def normalize(
@@ -123,6 +121,10 @@ def normalize(
     token: str | None,
     received_at: float,
 ) -> list[Record]:
+    """The records of one request. `items` are the decoder's own, fresh from the JSON
+    parser and referenced nowhere else: they are completed in place, which spares two
+    dict copies per record (a browser batch's 50 events hold about 30 properties each).
+    Nothing else may hold them."""
     kind = ENDPOINT_KINDS[endpoint]
     ip = client_ip if ip_enabled else None
     now_ms = int(received_at * 1000)

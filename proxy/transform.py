@@ -15,7 +15,6 @@ import importlib
 import importlib.util
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +94,7 @@ class Transformer:
             produced = result if isinstance(result, list) else [result]
             for item in produced:
                 if isinstance(item, dict):
-                    out.append(replace(record, payload=json_safe(item)))
+                    out.append(record._replace(payload=json_safe(item)))
                 else:
                     metrics.DROPPED.labels("all", "transform_bad_return").inc()
                     log.warning("transform returned %s for a %s record; dropped", type(item).__name__, record.kind)

@@ -10,9 +10,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import flask
+import flask_cors.extension
 import pytest
 import requests
 
+import proxy.cors
 from app import ProxyFlask
 from proxy import __version__
 from tests.fixtures_core import b64, run_proxy  # noqa: F401
@@ -106,6 +109,45 @@ def test_cors_preflight_with_custom_headers(make_app) -> None:
     assert "Origin" in reply.headers["Vary"]
     refused = client.options("/track/", headers={"Origin": "https://b.example", "Access-Control-Request-Method": "POST"})
     assert "Access-Control-Allow-Origin" not in refused.headers
+
+
+def test_flask_cors_answers_are_remembered_per_path_origin_and_private_network_header(make_app, mp, monkeypatch) -> None:
+    """flask-cors decides each (path, Origin, Private-Network header) once per worker and its
+    answer is replayed; preflights are always its own; a full memory starts over."""
+    decided: list[str] = []
+    decide = flask_cors.extension.set_cors_headers
+
+    def counted(response, options):
+        decided.append(flask.request.headers.get("Origin"))
+        return decide(response, options)
+
+    monkeypatch.setattr(flask_cors.extension, "set_cors_headers", counted)
+    client = make_app(frontend_url="https://a.example, https://b.example", mixpanel_api_host=mp.url).test_client()
+
+    def cors(path: str = "/track/", method: str = "POST", **headers: str) -> list[tuple[str, str]]:
+        reply = client.open(path, method=method, data={"data": b64(event())}, headers=headers)
+        assert reply.status_code < 300
+        return sorted((k, v) for k, v in reply.headers.items() if k.startswith("Access-Control-") or k == "Vary")
+
+    granted_a = cors(Origin="https://a.example")
+    assert ("Access-Control-Allow-Origin", "https://a.example") in granted_a
+    assert cors(Origin="https://a.example") == granted_a and decided == ["https://a.example"]
+    assert ("Access-Control-Allow-Origin", "https://b.example") in cors(Origin="https://b.example")
+    refused = cors(Origin="https://evil.example")
+    assert not [h for h, _ in refused if h.startswith("Access-Control-")] and refused == [("Vary", "Origin")]
+    assert cors(Origin="https://evil.example") == refused and len(decided) == 3
+    private = cors(Origin="https://a.example", **{"Access-Control-Request-Private-Network": "true"})
+    assert ("Access-Control-Allow-Private-Network", "false") in private and len(decided) == 4
+    assert cors("/engage/", Origin="https://a.example") == granted_a and len(decided) == 5  # another path
+    preflight = {"Origin": "https://a.example", "Access-Control-Request-Method": "POST"}
+    assert cors(method="OPTIONS", **preflight) == cors(method="OPTIONS", **preflight)
+    assert len(decided) == 7  # never remembered
+
+    monkeypatch.setattr(proxy.cors, "MAX_REMEMBERED", 1)
+    decided.clear()
+    for origin in ("https://a.example", "https://b.example", "https://a.example"):
+        assert ("Access-Control-Allow-Origin", origin) in cors("/groups/", Origin=origin)
+    assert len(decided) == 3  # each one forgot the one before
 
 
 def test_the_app_remembers_whether_each_function_is_synchronous() -> None:

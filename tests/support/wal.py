@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import time
@@ -40,7 +41,7 @@ def dead_owner(buffer_dir: Path, requests: list[list[dict]], cut: int = 0, desti
     schemas = build_schemas(Settings())
     data = b""
     for index, items in enumerate(requests):
-        records = normalize("track", items, client_ip=None, ip_enabled=False, token=None, received_at=time.time())
+        records = normalize("track", copy.deepcopy(items), client_ip=None, ip_enabled=False, token=None, received_at=time.time())
         payload = encode("track", list(destinations), to_rows(records, schemas), None)
         assert payload is not None
         data += frame(index, payload)
