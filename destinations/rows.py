@@ -245,27 +245,43 @@ def insert_id(payload: dict, properties: dict) -> str:
     return digest[:32]
 
 
+# An event's own keys; any other top-level key ($mp_metadata, ...) is kept in `properties`.
+_EVENT_KEYS = frozenset(("event", "properties"))
+
+
+def _str(value: Any) -> str | None:
+    """text(value), without a call for the common case, a string or nothing."""
+    return value if value is None or value.__class__ is str else text(value)
+
+
 def event_row(record: Record, table: TableSchema, batch: RowBatch, insert_time: str) -> Row:
     payload = record.payload
     properties = payload.get("properties")
-    properties = dict(properties) if isinstance(properties, dict) else ({} if properties is None else {"properties": properties})
-    # Top-level extras beside `properties` ($mp_metadata, ...) are kept losslessly too.
-    for key, value in payload.items():
-        if key not in ("event", "properties") and key not in properties:
-            properties[key] = value
-    seconds = parse_time(properties.get("time"))
+    if not isinstance(properties, dict):
+        properties = {} if properties is None else {"properties": properties}
+    if not payload.keys() <= _EVENT_KEYS:
+        # Top-level extras beside `properties` are kept losslessly too, in a copy.
+        properties = dict(properties)
+        for key, value in payload.items():
+            if key not in _EVENT_KEYS and key not in properties:
+                properties[key] = value
+    # Otherwise the row shares the record's `properties`: records and rows are read-only
+    # (a WAREHOUSE_TRANSFORM hook gets a deep copy), and a copy per event cost 0.8 µs.
+    get = properties.get
+    seconds = parse_time(get("time"))
     row: Row = {
-        "event": text(payload.get("event")),
+        "event": _str(payload.get("event")),
         "event_time": format_timestamp(record.received_at if seconds is None else seconds),
         "insert_time": insert_time,
-        "token": text(properties.get("token")),
-        "device_id": text(properties.get("$device_id")),
+        "token": _str(get("token")),
+        "device_id": _str(get("$device_id")),
         "insert_id": insert_id(payload, properties),
-        "user_id": text(properties.get("$user_id")),
-        "distinct_id": text(properties.get("distinct_id")),
+        "user_id": _str(get("$user_id")),
+        "distinct_id": _str(get("distinct_id")),
         "properties": properties,
     }
-    _extras(row, properties, table, batch)
+    if table.extra_columns:
+        _extras(row, properties, table, batch)
     return row
 
 
