@@ -249,11 +249,6 @@ def insert_id(payload: dict, properties: dict) -> str:
 _EVENT_KEYS = frozenset(("event", "properties"))
 
 
-def _str(value: Any) -> str | None:
-    """text(value), without a call for the common case, a string or nothing."""
-    return value if value is None or value.__class__ is str else text(value)
-
-
 def event_row(record: Record, table: TableSchema, batch: RowBatch, insert_time: str) -> Row:
     payload = record.payload
     properties = payload.get("properties")
@@ -270,14 +265,14 @@ def event_row(record: Record, table: TableSchema, batch: RowBatch, insert_time: 
     get = properties.get
     seconds = parse_time(get("time"))
     row: Row = {
-        "event": _str(payload.get("event")),
+        "event": text(payload.get("event")),
         "event_time": format_timestamp(record.received_at if seconds is None else seconds),
         "insert_time": insert_time,
-        "token": _str(get("token")),
-        "device_id": _str(get("$device_id")),
+        "token": text(get("token")),
+        "device_id": text(get("$device_id")),
         "insert_id": insert_id(payload, properties),
-        "user_id": _str(get("$user_id")),
-        "distinct_id": _str(get("distinct_id")),
+        "user_id": text(get("$user_id")),
+        "distinct_id": text(get("distinct_id")),
         "properties": properties,
     }
     if table.extra_columns:

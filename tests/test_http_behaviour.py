@@ -142,6 +142,9 @@ def test_flask_cors_answers_are_remembered_per_path_origin_and_private_network_h
     preflight = {"Origin": "https://a.example", "Access-Control-Request-Method": "POST"}
     assert cors(method="OPTIONS", **preflight) == cors(method="OPTIONS", **preflight)
     assert len(decided) == 7  # never remembered
+    long_origin = "https://" + "a" * proxy.cors.MAX_REMEMBERED_KEY + ".example"
+    assert cors(Origin=long_origin) == refused == cors(Origin=long_origin)
+    assert len(decided) == 9  # too long a key to keep
 
     monkeypatch.setattr(proxy.cors, "MAX_REMEMBERED", 1)
     decided.clear()
