@@ -37,7 +37,7 @@ from pathlib import Path
 from bench import payloads, procs
 from bench.harness import SET_ENV, SETS
 
-READY, GO, DONE = "ready", "go", "done"
+READY, GO, DONE, EXIT = "ready", "go", "done", "exit"  # files the two processes signal with
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -86,14 +86,14 @@ def serve(args: argparse.Namespace) -> None:
 
     for number in range(args.warmup):
         request(number)
-    if not statuses or not statuses[-1].startswith("200"):
-        raise SystemExit(f"the warm-up's last answer was {statuses[-1:]}, not 200")
+    if statuses and not statuses[-1].startswith("200"):
+        raise SystemExit(f"the warm-up's last answer was {statuses[-1]}, not 200")
     (control / READY).write_text(str(os.getpid()))
     _await(control / GO)
     for number in range(args.requests):
         request(args.warmup + number)
     (control / DONE).touch()
-    _await(control / "exit")
+    _await(control / EXIT)
     bad = [s for s in statuses if not s.startswith("200")]
     if bad:
         raise SystemExit(f"{len(bad)} answers were not 200: {bad[:3]}")
@@ -157,7 +157,7 @@ def count(args: argparse.Namespace) -> int:
                     (control / GO).touch()
                     _await_child(control / DONE, child, log)
                     _control("off", pid)
-                    (control / "exit").touch()
+                    (control / EXIT).touch()
                     if child.wait(timeout=120) != 0:
                         raise SystemExit(f"the counted process failed:\n{procs.tail(log)}")
                 finally:
