@@ -104,6 +104,19 @@ def buffer_runs(policies: str, rounds: int = 1) -> list[tuple[str, dict[str, str
     return runs
 
 
+def proxy_environment(destinations: str, mixpanel_port: int, data_dir: Path, spool: Path, buffer_dir: Path) -> dict[str, str]:
+    """What every proxy run gets: its destinations, the Mixpanel double upstream, quiet logs
+    and its own data, dead-letter and write-ahead folders (bench.instructions uses it too)."""
+    return {
+        "DESTINATIONS": destinations,
+        "MIXPANEL_API_HOST": f"http://127.0.0.1:{mixpanel_port}",
+        "LOG_LEVEL": "WARNING",
+        "DATA_DIR": str(data_dir),
+        "DEAD_LETTER_DIR": str(spool),
+        "BUFFER_DIR": str(buffer_dir),
+    }
+
+
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
@@ -284,14 +297,7 @@ class Bench:
         spool = self.work / "spool" / tag
         for path in (data_dir, spool):
             shutil.rmtree(path, ignore_errors=True)
-        env = {
-            "DESTINATIONS": destinations,
-            "MIXPANEL_API_HOST": f"http://127.0.0.1:{self.nginx.mixpanel_port}",
-            "LOG_LEVEL": "WARNING",
-            "DATA_DIR": str(data_dir),
-            "DEAD_LETTER_DIR": str(spool),
-            "BUFFER_DIR": str(self.work / "buffer" / tag),
-        }
+        env = proxy_environment(destinations, self.nginx.mixpanel_port, data_dir, spool, self.work / "buffer" / tag)
         storage: dict[str, Any] = {"data_dir": data_dir, "spool": spool}
         if "s3" in destinations.split(","):
             endpoint = self.start_moto()

@@ -34,8 +34,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from werkzeug.test import EnvironBuilder
+
 from bench import payloads, procs
-from bench.harness import SET_ENV, SETS
+from bench.harness import SET_ENV, SETS, proxy_environment
 
 READY, GO, DONE, EXIT = "ready", "go", "done", "exit"  # files the two processes signal with
 
@@ -49,38 +51,32 @@ def serve(args: argparse.Namespace) -> None:
 
     wsgi = proxy_app.app.wsgi_app
     path, _, query = scenario.path.partition("?")
+    headers = {"User-Agent": "bench.instructions"}
+    if scenario.origin and not args.no_origin:
+        headers["Origin"] = scenario.origin
+    if scenario.authorization:
+        headers["Authorization"] = scenario.authorization
+    # The environ of each body, built once by werkzeug: a request only gets a fresh body stream.
+    environs = [
+        EnvironBuilder(
+            path=path,
+            query_string=query,
+            method="POST",
+            headers=headers,
+            data=body,
+            content_type=scenario.content_type,
+            environ_base={"REMOTE_ADDR": "127.0.0.1"},
+        ).get_environ()
+        for body in bodies
+    ]
     statuses: list[str] = []
 
     def start_response(status: str, _headers: list, _exc: object = None) -> None:
         statuses.append(status)
 
     def request(number: int) -> None:
-        body = bodies[number % len(bodies)]
-        environ = {
-            "REQUEST_METHOD": "POST",
-            "PATH_INFO": path,
-            "QUERY_STRING": query,
-            "SERVER_NAME": "127.0.0.1",
-            "SERVER_PORT": "8000",
-            "SERVER_PROTOCOL": "HTTP/1.1",
-            "REMOTE_ADDR": "127.0.0.1",
-            "HTTP_HOST": "127.0.0.1:8000",
-            "HTTP_USER_AGENT": "bench.instructions",
-            "CONTENT_TYPE": scenario.content_type,
-            "CONTENT_LENGTH": str(len(body)),
-            "wsgi.version": (1, 0),
-            "wsgi.url_scheme": "http",
-            "wsgi.input": io.BytesIO(body),
-            "wsgi.errors": sys.stderr,
-            "wsgi.multithread": False,
-            "wsgi.multiprocess": True,
-            "wsgi.run_once": False,
-        }
-        if scenario.origin and not args.no_origin:
-            environ["HTTP_ORIGIN"] = scenario.origin
-        if scenario.authorization:
-            environ["HTTP_AUTHORIZATION"] = scenario.authorization
-        reply = wsgi(environ, start_response)
+        index = number % len(bodies)
+        reply = wsgi({**environs[index], "wsgi.input": io.BytesIO(bodies[index])}, start_response)
         b"".join(reply)
         getattr(reply, "close", lambda: None)()
 
@@ -123,12 +119,7 @@ def count(args: argparse.Namespace) -> int:
             destinations, _title = SETS[args.set]
             env = {
                 **os.environ,
-                "DESTINATIONS": destinations,
-                "MIXPANEL_API_HOST": f"http://127.0.0.1:{nginx.mixpanel_port}",
-                "LOG_LEVEL": "WARNING",
-                "DATA_DIR": str(work / "data"),
-                "DEAD_LETTER_DIR": str(work / "spool"),
-                "BUFFER_DIR": str(work / "buffer"),
+                **proxy_environment(destinations, nginx.mixpanel_port, work / "data", work / "spool", work / "buffer"),
                 **SET_ENV.get(args.set, {}),
             }
             control = work / "control"

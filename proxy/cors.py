@@ -105,10 +105,9 @@ def init_cors(app: Flask, frontend_url: str | None, base_path: str | None = None
 
     answers: dict[tuple[str, str, str | None], list[tuple[str, str]]] = {}
 
-    def _flask_cors(response: Response, origin: str) -> Response:
+    def _flask_cors(response: Response, origin: str, path: str, method: str) -> Response:
         """flask-cors's headers for this response: its remembered answer, or its own."""
-        path = request.path
-        if request.method == "OPTIONS" or ALLOW_ORIGIN in response.headers or len(path) + len(origin) > MAX_REMEMBERED_KEY:
+        if method == "OPTIONS" or ALLOW_ORIGIN in response.headers or len(path) + len(origin) > MAX_REMEMBERED_KEY:
             key = None  # a preflight, a response that already carries CORS headers, an odd key
         else:
             key = (path, origin, request.headers.get(PRIVATE_NETWORK))
@@ -129,9 +128,10 @@ def init_cors(app: Flask, frontend_url: str | None, base_path: str | None = None
     @app.after_request
     def _cors(response: Response) -> Response:
         origin = request.headers.get("Origin")
+        path, method = request.path, request.method
         if origin and flask_cors_hooks:
-            response = _flask_cors(response, origin)
-        if any(path.match(request.path) for path in paths):
+            response = _flask_cors(response, origin, path, method)
+        if any(pattern.match(path) for pattern in paths):
             if "Vary" in response.headers:
                 response.vary.add("Origin")
             else:  # the common case, without parsing and re-serialising the header
@@ -139,7 +139,7 @@ def init_cors(app: Flask, frontend_url: str | None, base_path: str | None = None
             if not origin:
                 return response
             if ALLOW_ORIGIN in response.headers:
-                if request.method == "OPTIONS" and response.status_code == 200:
+                if method == "OPTIONS" and response.status_code == 200:
                     response.status_code = 204  # a preflight answer has no body (as before flask-cors)
                     response.set_data(b"")
             elif origin not in refused and len(refused) < MAX_LOGGED_ORIGINS:
