@@ -70,8 +70,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.before_request
     def _url_limit() -> Response | None:
         """MAX_URL_BYTES where nothing in front enforced it (gunicorn does: gunicorn.conf.py)."""
-        target = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
-        size = len(target) if target else len(request.path.encode()) + 1 + len(request.query_string)
+        req = request._get_current_object()
+        target = req.environ.get("RAW_URI") or req.environ.get("REQUEST_URI")
+        size = len(target) if target else len(req.path.encode()) + 1 + len(req.query_string)
         if size > rt.max_url_bytes:
             message = f"URL exceeds MAX_URL_BYTES ({rt.max_url_bytes} bytes): send the data in a POST body"
             return replies.as_json({"error": message, "status": 414}, 414)
@@ -93,7 +94,8 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.after_request
     def _count(response: Response) -> Response:
-        key = (request.url_rule.rule if request.url_rule else None, response.status_code)
+        rule = request.url_rule
+        key = (rule.rule if rule else None, response.status_code)
         counter = counters.get(key)
         if counter is None:
             route = key[0]

@@ -76,7 +76,10 @@ def serve(args: argparse.Namespace) -> None:
 
     def request(number: int) -> None:
         index = number % len(bodies)
-        reply = wsgi({**environs[index], "wsgi.input": io.BytesIO(bodies[index])}, start_response)
+        # gunicorn hands the app its own body reader and says it ends where the body does
+        # (`wsgi.input_terminated`), so werkzeug reads it as is, without a LimitedStream.
+        environ = {**environs[index], "wsgi.input": io.BytesIO(bodies[index]), "wsgi.input_terminated": True}
+        reply = wsgi(environ, start_response)
         b"".join(reply)
         getattr(reply, "close", lambda: None)()
 

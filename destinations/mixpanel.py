@@ -15,7 +15,6 @@ also used by the pass-through routes.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import threading
 import time
@@ -96,7 +95,7 @@ class UpstreamResponse:
     content: bytes
 
     def json(self) -> Any:
-        return json.loads(self.content)
+        return codec.loads_exact(self.content)  # ValueError when it is not JSON
 
     @property
     def text(self) -> str:
@@ -180,7 +179,7 @@ class MixpanelClient:
         deadline = deadline or time.monotonic() + self.timeout
         target = self.base_path + path
         if params:
-            target += ("&" if "?" in path else "?") + urlencode(params)
+            target += ("&" if "?" in path else "?") + _query(params)
         last: list[UpstreamResponse] = []
 
         def attempt() -> UpstreamResponse:
@@ -209,6 +208,23 @@ class MixpanelClient:
             self._direct.close()
         if self._proxied is not None:
             self._proxied.clear()
+
+
+_QUERIES: dict[tuple[tuple[str, str], ...], str] = {}
+_QUERIES_KEPT = 256
+
+
+def _query(params: Sequence[tuple[str, str]] | Mapping[str, str]) -> str:
+    """`urlencode(params)`, remembered: a worker sends the same few query strings (`ip=1&verbose=1`,
+    an /import's `strict` and `project_id`) on every call, and encoding one takes a dozen calls."""
+    key = tuple(params.items() if isinstance(params, Mapping) else params)
+    query = _QUERIES.get(key)
+    if query is None:
+        query = urlencode(key)
+        if len(_QUERIES) >= _QUERIES_KEPT:
+            _QUERIES.clear()
+        _QUERIES[key] = query
+    return query
 
 
 def forwarding_headers(client_ip: str | None, authorization: str | None = None) -> dict[str, str]:

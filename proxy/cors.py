@@ -40,6 +40,7 @@ import re
 
 from flask import Flask, Response, request
 from flask_cors import CORS
+from werkzeug.datastructures import Headers
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +106,12 @@ def init_cors(app: Flask, frontend_url: str | None, base_path: str | None = None
 
     answers: dict[tuple[str, str, str | None], list[tuple[str, str]]] = {}
 
-    def _flask_cors(response: Response, origin: str, path: str, method: str) -> Response:
+    def _flask_cors(response: Response, origin: str, path: str, method: str, headers: Headers) -> Response:
         """flask-cors's headers for this response: its remembered answer, or its own."""
         if method == "OPTIONS" or ALLOW_ORIGIN in response.headers or len(path) + len(origin) > MAX_REMEMBERED_KEY:
             key = None  # a preflight, a response that already carries CORS headers, an odd key
         else:
-            key = (path, origin, request.headers.get(PRIVATE_NETWORK))
+            key = (path, origin, headers.get(PRIVATE_NETWORK))
             added = answers.get(key)
             if added is not None:
                 response.headers.extend(added)
@@ -127,10 +128,12 @@ def init_cors(app: Flask, frontend_url: str | None, base_path: str | None = None
 
     @app.after_request
     def _cors(response: Response) -> Response:
-        origin = request.headers.get("Origin")
-        path, method = request.path, request.method
+        req = request._get_current_object()  # once: each look-up through the proxy costs calls
+        headers = req.headers
+        origin = headers.get("Origin")
+        path, method = req.path, req.method
         if origin and flask_cors_hooks:
-            response = _flask_cors(response, origin, path, method)
+            response = _flask_cors(response, origin, path, method, headers)
         if any(pattern.match(path) for pattern in paths):
             if "Vary" in response.headers:
                 response.vary.add("Origin")
