@@ -24,6 +24,7 @@ Needs valgrind (Debian package `valgrind`: installed with apt-get when missing).
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import os
 import re
@@ -37,7 +38,7 @@ from pathlib import Path
 from werkzeug.test import EnvironBuilder
 
 from bench import payloads, procs
-from bench.harness import SET_ENV, SETS, proxy_environment
+from bench.harness import CEILING_APPS, SET_ENV, SETS, proxy_environment
 
 READY, GO, DONE, EXIT = "ready", "go", "done", "exit"  # files the two processes signal with
 
@@ -47,9 +48,13 @@ def serve(args: argparse.Namespace) -> None:
     control = Path(args.serve)
     scenario = payloads.SCENARIOS[args.scenario]
     bodies = [line.encode() for line in Path(args.bodies).read_text().splitlines() if line]
-    import app as proxy_app  # after the environment is set: the app reads it at import
+    if args.set in CEILING_APPS:  # a reference app of bench/ceiling.py, the floor the proxy is read against
+        module, _, name = CEILING_APPS[args.set].partition(":")
+        wsgi = getattr(importlib.import_module(module), name).wsgi_app
+    else:
+        import app as proxy_app  # after the environment is set: the app reads it at import
 
-    wsgi = proxy_app.app.wsgi_app
+        wsgi = proxy_app.app.wsgi_app
     path, _, query = scenario.path.partition("?")
     headers = {"User-Agent": "bench.instructions"}
     if scenario.origin and not args.no_origin:
@@ -122,6 +127,7 @@ def count(args: argparse.Namespace) -> int:
             destinations, _title = SETS[args.set]
             env = {
                 **os.environ,
+                # The reference apps read MIXPANEL_API_HOST only; the ceiling ignores it.
                 **proxy_environment(destinations, nginx.mixpanel_port, work / "data", work / "spool", work / "buffer"),
                 **SET_ENV.get(args.set, {}),
             }
@@ -186,7 +192,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", choices=sorted(payloads.SCENARIOS), default="browser")
     proxy_sets = sorted(k for k, (destinations, _) in SETS.items() if destinations)
-    parser.add_argument("--set", choices=proxy_sets, default="mixpanel", help="destination set, as bench/harness.py's")
+    parser.add_argument(
+        "--set",
+        choices=[*CEILING_APPS, *proxy_sets],
+        default="mixpanel",
+        help="a destination set, as bench/harness.py's, or a reference app of bench/ceiling.py (ceiling, forward, ...)",
+    )
     parser.add_argument("--requests", type=int, default=200, help="requests counted (default 200)")
     parser.add_argument("--warmup", type=int, default=100, help="requests served first, not counted (default 100)")
     parser.add_argument("--no-origin", action="store_true", help="leave out the Origin header browsers send")
