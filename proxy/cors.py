@@ -135,10 +135,11 @@ def init_cors(app: Flask, frontend_url: str | None, base_path: str | None = None
         if origin and flask_cors_hooks:
             response = _flask_cors(response, origin, path, method, headers)
         if any(pattern.match(path) for pattern in paths):
-            if "Vary" in response.headers:
-                response.vary.add("Origin")
-            else:  # the common case, without parsing and re-serialising the header
+            vary = response.headers.get("Vary")
+            if vary is None:
                 response.headers["Vary"] = "Origin"
+            elif vary != "Origin":  # flask-cors's own `Vary: Origin` (the common case) needs nothing
+                response.vary.add("Origin")  # parsed, added to unless present, written back
             if not origin:
                 return response
             if ALLOW_ORIGIN in response.headers:

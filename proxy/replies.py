@@ -18,9 +18,11 @@ from flask import Response
 from destinations.base import WriteResult
 from destinations.mixpanel import verdict
 
+TEXT = "text/plain; charset=utf-8"  # what `mimetype="text/plain"` makes of it, without working it out each time
+
 
 def text(body: str, status: int = 200) -> Response:
-    return Response(body, status=status, mimetype="text/plain")
+    return Response(body, status=status, content_type=TEXT)
 
 
 def _json(payload: Any) -> bytes:
@@ -37,7 +39,8 @@ def _json(payload: Any) -> bytes:
 
 
 def as_json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(_json(payload), status=status, mimetype="application/json", headers=headers)
+    # The content type as is: a `mimetype` would be checked for a charset to add on every reply.
+    return Response(_json(payload), status=status, content_type="application/json", headers=headers)
 
 
 def error(message: str, status: int, verbose: bool = True, endpoint: str | None = None) -> Response:
@@ -47,7 +50,7 @@ def error(message: str, status: int, verbose: bool = True, endpoint: str | None 
         return as_json(body, status, _retry_after(status))
     if verbose:
         return as_json({"status": 0, "error": message}, status, _retry_after(status))
-    return Response("0", status=status, mimetype="text/plain", headers=_retry_after(status))
+    return Response("0", status=status, content_type=TEXT, headers=_retry_after(status))
 
 
 def _retry_after(status: int) -> dict[str, str] | None:
@@ -69,7 +72,7 @@ def ingest_reply(endpoint: str, count: int, results: Sequence[WriteResult], verb
             )
         if verbose:
             return as_json({"status": 0, "error": message, "destinations": destinations}, 503, _retry_after(503))
-        return Response("0", status=503, mimetype="text/plain", headers=_retry_after(503))
+        return Response("0", status=503, content_type=TEXT, headers=_retry_after(503))
 
     if import_reply:
         if upstream is not None and isinstance(upstream.body, dict):
