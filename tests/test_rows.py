@@ -274,6 +274,9 @@ def test_odd_events_still_make_rows():
         (True, None),
         (float("nan"), None),
         (float("inf"), None),
+        (float("-inf"), None),
+        ("nan", None),
+        ("-Infinity", None),
         ("1e400", None),
         (1e20, None),  # far future even as ms
         (-1e20, None),  # far past
