@@ -214,14 +214,21 @@ def count_spool(spool: Path) -> tuple[int, dict[str, int], dict[str, int]]:
 
 
 def count_files(data_dir: Path) -> tuple[int, int]:
-    objects = rows = 0
+    objects, rows, _size = measure_files(data_dir)
+    return objects, rows
+
+
+def measure_files(data_dir: Path) -> tuple[int, int, int]:
+    """(objects, rows, bytes) of the lake objects under `data_dir`."""
+    objects = rows = size = 0
     for path in data_dir.rglob("*.json.gz"):
         if "_proxy_probe" in path.parts:
             continue
         objects += 1
+        size += path.stat().st_size
         with gzip.open(path, "rb") as handle:
             rows += sum(1 for _ in handle)
-    return objects, rows
+    return objects, rows, size
 
 
 def s3_client(endpoint: str) -> Any:
@@ -232,17 +239,19 @@ def s3_client(endpoint: str) -> Any:
     )
 
 
-def count_bucket(endpoint: str, bucket: str) -> tuple[int, int]:
+def count_bucket(endpoint: str, bucket: str) -> tuple[int, int, int]:
+    """(objects, rows, bytes) of the lake objects in the bucket."""
     client = s3_client(endpoint)
-    objects = rows = 0
+    objects = rows = size = 0
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
         for item in page.get("Contents", []):
             if item["Key"].startswith("_proxy_probe") or "/_proxy_probe/" in item["Key"]:
                 continue
             objects += 1
             data = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+            size += len(data)
             rows += gzip.decompress(data).count(b"\n")
-    return objects, rows
+    return objects, rows, size
 
 
 def s3_status() -> str | None:
@@ -502,10 +511,10 @@ class Bench:
         return result
 
     def count_storage(self, result: dict, storage: dict) -> None:
-        stores: dict[str, tuple[int, int]] = {}
+        stores: dict[str, tuple[int, int, int]] = {}
         names = result["destinations"].split(",")
         if "files" in names:
-            stores["files"] = count_files(storage["data_dir"])
+            stores["files"] = measure_files(storage["data_dir"])
         if "s3" in names:
             stores["s3"] = count_bucket(storage["endpoint"], storage["bucket"])
         result["spooled_files"], result["spooled_rows"], _reasons = count_spool(storage["spool"])
@@ -515,9 +524,13 @@ class Bench:
         result["rows"] = {k: v[1] for k, v in stores.items()}
         sent = result["events_sent"]
         result["objects_per_10k_events"] = {k: v[0] / sent * 10_000 for k, v in stores.items()}
+        result["object_bytes"] = {k: v[2] for k, v in stores.items()}
         # Target: at most one object per flush interval per table per worker (+1 for the final drain).
         intervals = int(result["alive_seconds"] // FLUSH_SECONDS) + 1
         result["object_budget"] = intervals * 1 * WORKERS
+        # A buffer also flushes as soon as it holds BATCH_MAX_BYTES (whichever comes first: memory
+        # stays bounded), so each BATCH_MAX_BYTES written may add one object to the budget.
+        result["object_budgets"] = {k: result["object_budget"] + v[2] // DeliveryConfig.max_bytes for k, v in stores.items()}
         if "s3" in stores and stores["s3"][0] == 0:
             result["s3_problem"] = "the S3 destination wrote no objects (see the gunicorn log)"
 

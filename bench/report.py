@@ -280,24 +280,28 @@ def render(results: dict[str, Any]) -> str:
         w(
             "Rows read back from every object after the run, against events acknowledged (2xx). `budget` is the target "
             "of at most one object per flush interval per table per worker over the proxy's lifetime (+1 interval for "
-            "the drain on shutdown): `(floor(alive_s / flush_s) + 1) × 1 table × workers`.\n"
+            "the drain on shutdown): `(floor(alive_s / flush_s) + 1) × 1 table × workers`, plus one per "
+            "`BATCH_MAX_BYTES` written (MiB column), since a buffer also flushes as soon as it holds that much "
+            "(whichever comes first; lakes count it compressed).\n"
         )
         w(
             "Rows landed may exceed events acknowledged by the requests still in flight when wrk stopped (up to "
             "2 × connections × events/request); fewer rows than acknowledged events would mean loss.\n"
         )
         w(
-            "| run | alive s | store | objects | budget | within budget | rows landed | rows dead-lettered "
+            "| run | alive s | store | objects | MiB | budget | within budget | rows landed | rows dead-lettered "
             "| events acked | landed + dead-lettered ≥ acked |"
         )
-        w("|---|---:|---|---:|---:|---|---:|---:|---:|---|")
+        w("|---|---:|---|---:|---:|---:|---|---:|---:|---:|---|")
         for r in stored:
             for store, objects in r["objects"].items():
-                budget = r.get("object_budget")
+                budget = _object_budget(r, store)
+                size = (r.get("object_bytes") or {}).get(store)
                 spooled = (r.get("spooled_rows") or {}).get(store, 0)
                 landed = r["rows"][store]
                 w(
-                    f"| {r['tag']} | {r['alive_seconds']:.0f} | {store} | {objects} | {budget} "
+                    f"| {r['tag']} | {r['alive_seconds']:.0f} | {store} | {objects} "
+                    f"| {'–' if size is None else f'{size / 2**20:,.1f}'} | {budget} "
                     f"| {_verdict(objects <= budget if budget else None)} | {landed:,} | {spooled:,} | {r['events_sent']:,} "
                     f"| {'yes' if landed + spooled >= r['events_sent'] else '**NO: rows lost**'} |"
                 )
@@ -381,11 +385,12 @@ def render(results: dict[str, Any]) -> str:
         w(row)
     lake_runs = [(r, s, n) for r in stored for s, n in r["objects"].items()]
     if lake_runs:
-        worst = max(lake_runs, key=lambda x: x[2] / max(1, x[0].get("object_budget") or 1))
-        ok = all(n <= (r.get("object_budget") or 0) for r, _s, n in lake_runs)
+        worst = max(lake_runs, key=lambda x: x[2] / max(1, _object_budget(x[0], x[1]) or 1))
+        ok = all(n <= (_object_budget(r, s) or 0) for r, s, n in lake_runs)
         w(
-            f"| lakes: ≤ 1 object per flush interval per table per worker | worst: {worst[0]['tag']} {worst[1]} "
-            f"{worst[2]} objects vs budget {worst[0].get('object_budget')} | {_verdict(ok)} |"
+            f"| lakes: ≤ 1 object per flush interval (or per `BATCH_MAX_BYTES` written) per table per worker "
+            f"| worst: {worst[0]['tag']} {worst[1]} {worst[2]} objects vs budget {_object_budget(worst[0], worst[1])} "
+            f"| {_verdict(ok)} |"
         )
     w("")
 
@@ -793,6 +798,12 @@ def round_two(runs: list[dict], ceiling: dict[str, dict], isolation: dict) -> li
 def _cpu_us_per_request(run: dict) -> float | None:
     requests = (run.get("wrk") or {}).get("ok_requests")
     return run["cpu_seconds"] / requests * 1e6 if run.get("cpu_seconds") and requests else None
+
+
+def _object_budget(run: dict, store: str) -> int | None:
+    """A run's object budget for one store: per flush interval, plus per BATCH_MAX_BYTES written
+    where the run recorded its bytes (older results.json files hold the interval budget only)."""
+    return (run.get("object_budgets") or {}).get(store, run.get("object_budget"))
 
 
 def forwarding_budget(forward: dict | None, top: dict | None, mixpanel: dict | None) -> list[str]:
