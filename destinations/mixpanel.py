@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote, urlencode, urlsplit
 
@@ -210,21 +211,15 @@ class MixpanelClient:
             self._proxied.clear()
 
 
-_QUERIES: dict[tuple[tuple[str, str], ...], str] = {}
-_QUERIES_KEPT = 256
-
-
 def _query(params: Sequence[tuple[str, str]] | Mapping[str, str]) -> str:
     """`urlencode(params)`, remembered: a worker sends the same few query strings (`ip=1&verbose=1`,
     an /import's `strict` and `project_id`) on every call, and encoding one takes a dozen calls."""
-    key = tuple(params.items() if isinstance(params, Mapping) else params)
-    query = _QUERIES.get(key)
-    if query is None:
-        query = urlencode(key)
-        if len(_QUERIES) >= _QUERIES_KEPT:
-            _QUERIES.clear()
-        _QUERIES[key] = query
-    return query
+    return _encoded(tuple(params.items() if isinstance(params, Mapping) else params))
+
+
+@lru_cache(maxsize=256)
+def _encoded(params: tuple[tuple[str, str], ...]) -> str:
+    return urlencode(params)
 
 
 def forwarding_headers(client_ip: str | None, authorization: str | None = None) -> dict[str, str]:
