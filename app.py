@@ -94,7 +94,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.after_request
     def _count(response: Response) -> Response:
-        rule = request.url_rule
+        rule = request._get_current_object().url_rule  # not through the proxy's __getattr__
         key = (rule.rule if rule else None, response.status_code)
         counter = counters.get(key)
         if counter is None:

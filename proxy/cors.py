@@ -37,10 +37,10 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 from flask import Flask, Response, request
 from flask_cors import CORS
-from werkzeug.datastructures import Headers
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,17 @@ MAX_AGE = 86400
 MAX_LOGGED_ORIGINS = 64
 MAX_REMEMBERED = 1024  # flask-cors answers remembered per worker: (path, Origin, PNA header) keys
 MAX_REMEMBERED_KEY = 512  # characters of path + Origin; longer ones are worked out each time
-PRIVATE_NETWORK = "Access-Control-Request-Private-Network"
+PRIVATE_NETWORK_ENVIRON = "HTTP_ACCESS_CONTROL_REQUEST_PRIVATE_NETWORK"  # the request header, as WSGI names it
 ALLOW_ORIGIN = "Access-Control-Allow-Origin"
 SDK_ROUTES = ("track", "engage", "groups", "import", "record", "flags", "decide", "settings")
 # Any origin but `null`, for an unset FRONTEND_URL.
 ANY_BUT_NULL = re.compile(r"(?!null\Z).+\Z", re.IGNORECASE)
+
+
+def _has(response: Response, header: str) -> bool:
+    """Whether the response carries `header`. `header in response.headers` raises and catches a
+    KeyError inside werkzeug whenever it does not: several times the cost of this scan."""
+    return bool(response.headers.getlist(header))
 
 
 def allowed_origins(frontend_url: str | None) -> list[str | re.Pattern[str]] | None:
@@ -83,6 +89,7 @@ def init_cors(app: Flask, frontend_url: str | None, base_path: str | None = None
     if origins is None:
         return
     paths = sdk_paths(base_path)
+    sdk_route = re.compile("|".join(f"(?:{pattern.pattern})" for pattern in paths))  # one match per request
 
     refused: set[str] = set()
     registered = list(app.after_request_funcs.get(None, ()))
@@ -106,12 +113,12 @@ def init_cors(app: Flask, frontend_url: str | None, base_path: str | None = None
 
     answers: dict[tuple[str, str, str | None], list[tuple[str, str]]] = {}
 
-    def _flask_cors(response: Response, origin: str, path: str, method: str, headers: Headers) -> Response:
+    def _flask_cors(response: Response, origin: str, path: str, method: str, environ: dict[str, Any]) -> Response:
         """flask-cors's headers for this response: its remembered answer, or its own."""
-        if method == "OPTIONS" or ALLOW_ORIGIN in response.headers or len(path) + len(origin) > MAX_REMEMBERED_KEY:
+        if method == "OPTIONS" or _has(response, ALLOW_ORIGIN) or len(path) + len(origin) > MAX_REMEMBERED_KEY:
             key = None  # a preflight, a response that already carries CORS headers, an odd key
         else:
-            key = (path, origin, headers.get(PRIVATE_NETWORK))
+            key = (path, origin, environ.get(PRIVATE_NETWORK_ENVIRON))
             added = answers.get(key)
             if added is not None:
                 response.headers.extend(added)
@@ -129,20 +136,20 @@ def init_cors(app: Flask, frontend_url: str | None, base_path: str | None = None
     @app.after_request
     def _cors(response: Response) -> Response:
         req = request._get_current_object()  # once: each look-up through the proxy costs calls
-        headers = req.headers
-        origin = headers.get("Origin")
+        environ = req.environ  # headers read from it: a missing one costs req.headers a KeyError
+        origin = environ.get("HTTP_ORIGIN")
         path, method = req.path, req.method
         if origin and flask_cors_hooks:
-            response = _flask_cors(response, origin, path, method, headers)
-        if any(pattern.match(path) for pattern in paths):
-            vary = response.headers.get("Vary")
-            if vary is None:
+            response = _flask_cors(response, origin, path, method, environ)
+        if sdk_route.match(path):
+            vary = response.headers.getlist("Vary")  # not .get(): no KeyError raised when absent
+            if not vary:
                 response.headers["Vary"] = "Origin"
-            elif vary != "Origin":  # flask-cors's own `Vary: Origin` (the common case) needs nothing
+            elif vary[0] != "Origin":  # flask-cors's own `Vary: Origin` (the common case) needs nothing
                 response.vary.add("Origin")  # parsed, added to unless present, written back
             if not origin:
                 return response
-            if ALLOW_ORIGIN in response.headers:
+            if _has(response, ALLOW_ORIGIN):
                 if method == "OPTIONS" and response.status_code == 200:
                     response.status_code = 204  # a preflight answer has no body (as before flask-cors)
                     response.set_data(b"")

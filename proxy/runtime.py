@@ -134,4 +134,6 @@ def build_runtime(settings: Settings) -> Runtime:
 
 
 def runtime(app: Flask | None = None) -> Runtime:
-    return (app or current_app).extensions["mpproxy"]
+    # The app itself, not the context-local proxy: an attribute read through it raises and
+    # catches an AttributeError first.
+    return (app or current_app._get_current_object()).extensions["mpproxy"]
