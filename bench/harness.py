@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from bench import payloads, procs, profile, report
 from bench.payloads import SCENARIOS, Scenario
@@ -52,11 +52,18 @@ SETS: dict[str, tuple[str, str]] = {
     "s3": ("mixpanel,s3", "Mixpanel + S3 (moto)"),
     "all": ("mixpanel,files,s3", "everything available (Mixpanel + files + S3)"),
     "files-batch": ("mixpanel,files", "Mixpanel + files, MIXPANEL_DELIVERY=batch"),
+    "files-batch-memory": ("mixpanel,files", "Mixpanel + files, MIXPANEL_DELIVERY=batch, BUFFER=memory"),
+    "files-batch-never": ("mixpanel,files", "Mixpanel + files, MIXPANEL_DELIVERY=batch, BUFFER_FSYNC=never"),
     # `--node-original DIR`: the seed's Node proxy (forwards to Mixpanel only), pointed at the same double.
     "node": ("", "Node original (Mixpanel only), the anchor"),
 }
 # Extra environment per set (the default is none).
-SET_ENV: dict[str, dict[str, str]] = {"files-batch": {"MIXPANEL_DELIVERY": "batch"}}
+SET_ENV: dict[str, dict[str, str]] = {
+    "files-batch": {"MIXPANEL_DELIVERY": "batch"},
+    # The same without the write-ahead buffer: no reply waits for a group fsync (BUFFER_FSYNC).
+    "files-batch-memory": {"MIXPANEL_DELIVERY": "batch", "BUFFER": "memory"},
+    "files-batch-never": {"MIXPANEL_DELIVERY": "batch", "BUFFER_FSYNC": "never"},
+}
 # A run is disturbed when the host's speed probe (procs.speed_probe) took this many times the
 # fastest probe of the bench run, just before it: the host was busy with other guests.
 SLOW_HOST = 1.2
@@ -213,17 +220,28 @@ def count_spool(spool: Path) -> tuple[int, dict[str, int], dict[str, int]]:
     return files, rows, reasons
 
 
-def count_files(data_dir: Path) -> tuple[int, int, int]:
-    """(objects, rows, bytes) of the lake objects under `data_dir`."""
+class Landed(NamedTuple):
+    """What a lake holds after a run."""
+
+    objects: int
+    rows: int
+    bytes: int
+    partitions: int  # distinct hour partitions (dt=/hr=) the objects are in
+
+
+def count_files(data_dir: Path) -> Landed:
+    """The lake objects under `data_dir`."""
     objects = rows = size = 0
+    partitions: set[Path] = set()
     for path in data_dir.rglob("*.json.gz"):
         if "_proxy_probe" in path.parts:
             continue
         objects += 1
         size += path.stat().st_size
+        partitions.add(path.parent)
         with gzip.open(path, "rb") as handle:
             rows += sum(1 for _ in handle)
-    return objects, rows, size
+    return Landed(objects, rows, size, len(partitions))
 
 
 def s3_client(endpoint: str) -> Any:
@@ -234,19 +252,21 @@ def s3_client(endpoint: str) -> Any:
     )
 
 
-def count_bucket(endpoint: str, bucket: str) -> tuple[int, int, int]:
-    """(objects, rows, bytes) of the lake objects in the bucket."""
+def count_bucket(endpoint: str, bucket: str) -> Landed:
+    """The lake objects in the bucket."""
     client = s3_client(endpoint)
     objects = rows = size = 0
+    partitions: set[str] = set()
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
         for item in page.get("Contents", []):
             if item["Key"].startswith("_proxy_probe") or "/_proxy_probe/" in item["Key"]:
                 continue
             objects += 1
+            partitions.add(item["Key"].rpartition("/")[0])
             data = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
             size += len(data)
             rows += gzip.decompress(data).count(b"\n")
-    return objects, rows, size
+    return Landed(objects, rows, size, len(partitions))
 
 
 def s3_status() -> str | None:
@@ -506,7 +526,7 @@ class Bench:
         return result
 
     def count_storage(self, result: dict, storage: dict) -> None:
-        stores: dict[str, tuple[int, int, int]] = {}
+        stores: dict[str, Landed] = {}
         names = result["destinations"].split(",")
         if "files" in names:
             stores["files"] = count_files(storage["data_dir"])
@@ -515,17 +535,23 @@ class Bench:
         result["spooled_files"], result["spooled_rows"], _reasons = count_spool(storage["spool"])
         if not stores:
             return
-        result["objects"] = {k: v[0] for k, v in stores.items()}
-        result["rows"] = {k: v[1] for k, v in stores.items()}
+        result["objects"] = {k: v.objects for k, v in stores.items()}
+        result["rows"] = {k: v.rows for k, v in stores.items()}
         sent = result["events_sent"]
-        result["objects_per_10k_events"] = {k: v[0] / sent * 10_000 for k, v in stores.items()}
-        result["object_bytes"] = {k: v[2] for k, v in stores.items()}
+        result["objects_per_10k_events"] = {k: v.objects / sent * 10_000 for k, v in stores.items()}
+        result["object_bytes"] = {k: v.bytes for k, v in stores.items()}
+        result["object_partitions"] = {k: v.partitions for k, v in stores.items()}
         # Target: at most one object per flush interval per table per worker (+1 for the final drain).
         intervals = int(result["alive_seconds"] // FLUSH_SECONDS) + 1
         result["object_budget"] = intervals * 1 * WORKERS
         # A buffer also flushes as soon as it holds BATCH_MAX_BYTES (whichever comes first: memory
         # stays bounded), so each BATCH_MAX_BYTES written may add one object to the budget.
-        result["object_budgets"] = {k: result["object_budget"] + v[2] // DeliveryConfig.max_bytes for k, v in stores.items()}
+        # Lakes partition by hour: a buffer holding rows of two hours (a run across the hour)
+        # flushes one object per hour, so each hour boundary crossed may add one per worker.
+        result["object_budgets"] = {
+            k: result["object_budget"] + v.bytes // DeliveryConfig.max_bytes + (max(v.partitions, 1) - 1) * WORKERS
+            for k, v in stores.items()
+        }
         if "s3" in stores and stores["s3"][0] == 0:
             result["s3_problem"] = "the S3 destination wrote no objects (see the gunicorn log)"
 
@@ -808,7 +834,7 @@ class Bench:
                 log("  warning: the worker set changed during the soak (a worker restarted)")
         finally:
             server.stop()
-        objects, rows, _size = count_files(storage["data_dir"])
+        objects, rows, _size, _partitions = count_files(storage["data_dir"])
         shutil.rmtree(storage["data_dir"], ignore_errors=True)
         return {
             "seconds": seconds,

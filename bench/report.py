@@ -16,6 +16,8 @@ SET_TITLES = {
     "s3": "Mixpanel + S3 (moto)",
     "all": "everything (Mixpanel + files + S3)",
     "files-batch": "Mixpanel + files, `MIXPANEL_DELIVERY=batch`",
+    "files-batch-memory": "Mixpanel + files, `MIXPANEL_DELIVERY=batch`, `BUFFER=memory`",
+    "files-batch-never": "Mixpanel + files, `MIXPANEL_DELIVERY=batch`, `BUFFER_FSYNC=never`",
     "node": "Node original (forwards to Mixpanel only): the anchor",
 }
 
@@ -282,26 +284,29 @@ def render(results: dict[str, Any]) -> str:
             "of at most one object per flush interval per table per worker over the proxy's lifetime (+1 interval for "
             "the drain on shutdown): `(floor(alive_s / flush_s) + 1) × 1 table × workers`, plus one per "
             "`BATCH_MAX_BYTES` written (MiB column), since a buffer also flushes as soon as it holds that much "
-            "(whichever comes first; lakes count it compressed).\n"
+            "(whichever comes first; lakes count it compressed), plus one per worker for each hour boundary the run "
+            "crossed (hours column: lakes partition by hour, so a buffer holding rows of two hours flushes two "
+            "objects).\n"
         )
         w(
             "Rows landed may exceed events acknowledged by the requests still in flight when wrk stopped (up to "
             "2 × connections × events/request); fewer rows than acknowledged events would mean loss.\n"
         )
         w(
-            "| run | alive s | store | objects | MiB | budget | within budget | rows landed | rows dead-lettered "
+            "| run | alive s | store | objects | MiB | hours | budget | within budget | rows landed | rows dead-lettered "
             "| events acked | landed + dead-lettered ≥ acked |"
         )
-        w("|---|---:|---|---:|---:|---:|---|---:|---:|---:|---|")
+        w("|---|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---|")
         for r in stored:
             for store, objects in r["objects"].items():
                 budget = _object_budget(r, store)
                 size = (r.get("object_bytes") or {}).get(store)
+                hours = (r.get("object_partitions") or {}).get(store)
                 spooled = (r.get("spooled_rows") or {}).get(store, 0)
                 landed = r["rows"][store]
                 w(
                     f"| {r['tag']} | {r['alive_seconds']:.0f} | {store} | {objects} "
-                    f"| {'–' if size is None else f'{size / 2**20:,.1f}'} | {budget} "
+                    f"| {'–' if size is None else f'{size / 2**20:,.1f}'} | {'–' if hours is None else hours} | {budget} "
                     f"| {_verdict(objects <= budget if budget else None)} | {landed:,} | {spooled:,} | {r['events_sent']:,} "
                     f"| {'yes' if landed + spooled >= r['events_sent'] else '**NO: rows lost**'} |"
                 )
@@ -755,6 +760,9 @@ def round_two(runs: list[dict], ceiling: dict[str, dict], isolation: dict) -> li
     out += forwarding_budget(run("forward", "browser"), ceiling.get("browser"), run("mixpanel", "browser"))
     out += decoding_bound(run("decode", "browser"), ceiling.get("browser"), run("mixpanel", "browser"))
     out.append(vs("files-batch", "single", 0.5, "single events, Mixpanel + files, `MIXPANEL_DELIVERY=batch`"))
+    memory_title = "… the same with `BUFFER=memory` (lever 5 as the issue framed it, before the write-ahead buffer)"
+    out.append(vs("files-batch-memory", "single", 0.5, memory_title))
+    out += durability_cost(run("files-batch", "single"), run("files-batch-never", "single"), run("files-batch-memory", "single"))
     out.append(vs("files", "single", 0.0, "single events, Mixpanel + files, `sync` (reported, no target)"))
     iso = {r["set"]: r for r in (isolation.get("runs") or [])}
     if iso.get("baseline") and iso.get("hang-batch"):
@@ -802,7 +810,8 @@ def _cpu_us_per_request(run: dict) -> float | None:
 
 def _object_budget(run: dict, store: str) -> int | None:
     """A run's object budget for one store: per flush interval, plus per BATCH_MAX_BYTES written
-    where the run recorded its bytes (older results.json files hold the interval budget only)."""
+    and per hour boundary crossed where the run recorded them (older results.json files hold the
+    interval budget only)."""
     return (run.get("object_budgets") or {}).get(store, run.get("object_budget"))
 
 
@@ -884,6 +893,31 @@ def decoding_bound(decoding: dict | None, top: dict | None, mixpanel: dict | Non
         target=0.5,
         proposed=0.8,
     )
+
+
+def durability_cost(disk: dict | None, never: dict | None, memory: dict | None) -> list[str]:
+    """What acknowledging on disk (`BUFFER=disk`, the default) costs single events, against the
+    same run with `BUFFER=memory`: the append per request (`BUFFER_FSYNC=never` shows it
+    alone) and the reply's wait for its group fsync. With one event per request and a client
+    that waits for each reply, that wait (up to `BUFFER_FSYNC` ms) bounds the events/s of
+    every connection, whatever the CPU: about connections ÷ (the wait + the service time)."""
+    if not disk or not memory:
+        return []
+    rows = []
+    if never:
+        rows.append(
+            "| … `BUFFER_FSYNC=never` ÷ `BUFFER=memory`: the write-ahead append alone (frame, compress, write) "
+            f"| reported | {_vs(never, memory):.2f}× ({_num(never['events_per_s'])} vs {_num(memory['events_per_s'])}) | – |"
+        )
+    bound = disk["connections"] / (disk["p50_ms"] / 1000) if disk.get("connections") and disk.get("p50_ms") else None
+    rows.append(
+        "| … `BUFFER=disk` (default, `BUFFER_FSYNC=10`) ÷ `BUFFER=memory`: the append, and each reply waiting for its "
+        f"group fsync | reported | {_vs(disk, memory):.2f}× ({_num(disk['events_per_s'])} vs {_num(memory['events_per_s'])}); "
+        f"p50 {disk['p50_ms']:.1f} ms against {memory['p50_ms']:.1f} ms"
+        + (f": {disk['connections']} connections ÷ p50 = {_num(bound)} events/s" if bound else "")
+        + " | – |"
+    )
+    return rows
 
 
 def _reach(bound: float, target: float) -> str:
