@@ -62,7 +62,11 @@ def ingest_reply(endpoint: str, count: int, results: Sequence[WriteResult], verb
     /track-style `1` or `{"status":1}` back); a JSON /import body gets /import's reply."""
     destinations = [r.as_dict() for r in results]
     unabsorbed = [r for r in results if r.status == "error" and r.retryable]
-    upstream = next((r.upstream for r in results if r.upstream is not None), None)
+    upstream = None
+    for result in results:  # Mixpanel's own reply, when it is a destination
+        if result.upstream is not None:
+            upstream = result.upstream
+            break
     import_reply = endpoint == "import" and not legacy
     if unabsorbed:
         message = "; ".join(f"{r.name}: {r.error}" for r in unabsorbed)
