@@ -898,9 +898,7 @@ def decoding_bound(decoding: dict | None, top: dict | None, mixpanel: dict | Non
 def durability_cost(disk: dict | None, never: dict | None, memory: dict | None) -> list[str]:
     """What acknowledging on disk (`BUFFER=disk`, the default) costs single events, against the
     same run with `BUFFER=memory`: the append per request (`BUFFER_FSYNC=never` shows it
-    alone) and the reply's wait for its group fsync. With one event per request and a client
-    that waits for each reply, that wait (up to `BUFFER_FSYNC` ms) bounds the events/s of
-    every connection, whatever the CPU: about connections ÷ (the wait + the service time)."""
+    alone), then the group fsync and each reply's wait for it."""
     if not disk or not memory:
         return []
     rows = []
@@ -909,13 +907,10 @@ def durability_cost(disk: dict | None, never: dict | None, memory: dict | None) 
             "| … `BUFFER_FSYNC=never` ÷ `BUFFER=memory`: the write-ahead append alone (frame, compress, write) "
             f"| reported | {_vs(never, memory):.2f}× ({_num(never['events_per_s'])} vs {_num(memory['events_per_s'])}) | – |"
         )
-    bound = disk["connections"] / (disk["p50_ms"] / 1000) if disk.get("connections") and disk.get("p50_ms") else None
     rows.append(
-        "| … `BUFFER=disk` (default, `BUFFER_FSYNC=10`) ÷ `BUFFER=memory`: the append, and each reply waiting for its "
-        f"group fsync | reported | {_vs(disk, memory):.2f}× ({_num(disk['events_per_s'])} vs {_num(memory['events_per_s'])}); "
-        f"p50 {disk['p50_ms']:.1f} ms against {memory['p50_ms']:.1f} ms"
-        + (f": {disk['connections']} connections ÷ p50 = {_num(bound)} events/s" if bound else "")
-        + " | – |"
+        "| … `BUFFER=disk` (default, `BUFFER_FSYNC=10`) ÷ `BUFFER=memory`: the append, the group fsync and each reply's "
+        f"wait for it | reported | {_vs(disk, memory):.2f}× ({_num(disk['events_per_s'])} vs {_num(memory['events_per_s'])}), "
+        f"p50 {disk['p50_ms']:.1f} ms against {memory['p50_ms']:.1f} ms | – |"
     )
     return rows
 
