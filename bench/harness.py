@@ -552,7 +552,7 @@ class Bench:
             k: result["object_budget"] + v.bytes // DeliveryConfig.max_bytes + (max(v.partitions, 1) - 1) * WORKERS
             for k, v in stores.items()
         }
-        if "s3" in stores and stores["s3"][0] == 0:
+        if "s3" in stores and stores["s3"].objects == 0:
             result["s3_problem"] = "the S3 destination wrote no objects (see the gunicorn log)"
 
     def disturbance(self, result: dict) -> str | None:
@@ -639,7 +639,8 @@ class Bench:
         result["exit_code"] = rc
         result["spooled_files"], result["spooled_rows"], result["spooled_reasons"] = count_spool(storage["spool"])
         if control is not None:
-            result["faulty_landed"] = dict(zip(("objects", "rows"), count_files(faulty_root / "data")[:2], strict=True))
+            landed = count_files(faulty_root / "data")
+            result["faulty_landed"] = {"objects": landed.objects, "rows": landed.rows}
             shutil.rmtree(faulty_root, ignore_errors=True)
         # Every request the proxy answered (any status): preflight + warm-up + measured window.
         result["requests_answered"] = 1 + result["warmup_requests_all"] + result["wrk"]["requests"]
@@ -834,7 +835,7 @@ class Bench:
                 log("  warning: the worker set changed during the soak (a worker restarted)")
         finally:
             server.stop()
-        objects, rows, _size, _partitions = count_files(storage["data_dir"])
+        landed = count_files(storage["data_dir"])
         shutil.rmtree(storage["data_dir"], ignore_errors=True)
         return {
             "seconds": seconds,
@@ -843,8 +844,8 @@ class Bench:
             "events_per_s": (wrk["requests"] - wrk["status_errors"]) * scenario.events_per_request / (wrk["duration_us"] / 1e6),
             "p99_ms": wrk["p99_us"] / 1000,
             "errors": wrk["status_errors"] + wrk["timeouts"] + wrk["read_errors"] + wrk["connect_errors"],
-            "objects": objects,
-            "rows": rows,
+            "objects": landed.objects,
+            "rows": landed.rows,
             "machine_busy_percent": round(busy_percent, 1),
         }
 

@@ -393,7 +393,8 @@ def render(results: dict[str, Any]) -> str:
         worst = max(lake_runs, key=lambda x: x[2] / max(1, _object_budget(x[0], x[1]) or 1))
         ok = all(n <= (_object_budget(r, s) or 0) for r, s, n in lake_runs)
         w(
-            f"| lakes: ≤ 1 object per flush interval (or per `BATCH_MAX_BYTES` written) per table per worker "
+            f"| lakes: ≤ 1 object per flush interval (or per `BATCH_MAX_BYTES` written, or per hour crossed) per table "
+            "per worker "
             f"| worst: {worst[0]['tag']} {worst[1]} {worst[2]} objects vs budget {_object_budget(worst[0], worst[1])} "
             f"| {_verdict(ok)} |"
         )
