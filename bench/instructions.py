@@ -55,6 +55,12 @@ def serve(args: argparse.Namespace) -> None:
         import app as proxy_app  # after the environment is set: the app reads it at import
 
         wsgi = proxy_app.app.wsgi_app
+    # What gunicorn's post_worker_init does in every worker, the ceiling's too (proxy/worker.py
+    # `start`): freeze what start-up built and raise the young generation's threshold. Counted
+    # without it, a request paid for collector passes a served worker does not make.
+    from proxy.memory import tune_gc
+
+    tune_gc()
     path, _, query = scenario.path.partition("?")
     headers = {"User-Agent": "bench.instructions"}
     if scenario.origin and not args.no_origin:

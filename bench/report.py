@@ -5,6 +5,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from core.settings import parse_fsync
+
 SET_TITLES = {
     "passthrough": "nginx pass-through (baseline)",
     "ceiling": "framework ceiling: Flask on gunicorn+gevent, reads the body, answers 1",
@@ -18,6 +20,8 @@ SET_TITLES = {
     "files-batch": "Mixpanel + files, `MIXPANEL_DELIVERY=batch`",
     "files-batch-memory": "Mixpanel + files, `MIXPANEL_DELIVERY=batch`, `BUFFER=memory`",
     "files-batch-never": "Mixpanel + files, `MIXPANEL_DELIVERY=batch`, `BUFFER_FSYNC=never`",
+    "files-batch-c96": "Mixpanel + files, `MIXPANEL_DELIVERY=batch`, **96 connections**",
+    "files-batch-memory-c96": "Mixpanel + files, `MIXPANEL_DELIVERY=batch`, `BUFFER=memory`, **96 connections**",
     "node": "Node original (forwards to Mixpanel only): the anchor",
 }
 
@@ -764,6 +768,8 @@ def round_two(runs: list[dict], ceiling: dict[str, dict], isolation: dict) -> li
     memory_title = "… the same with `BUFFER=memory` (lever 5 as the issue framed it, before the write-ahead buffer)"
     out.append(vs("files-batch-memory", "single", 0.5, memory_title))
     out += durability_cost(run("files-batch", "single"), run("files-batch-never", "single"), run("files-batch-memory", "single"))
+    out += round_bound(run("files-batch", "single"), ceiling.get("single"))
+    out += durability_at(run("files-batch-c96", "single"), run("files-batch-memory-c96", "single"), ceiling.get("single"))
     out.append(vs("files", "single", 0.0, "single events, Mixpanel + files, `sync` (reported, no target)"))
     iso = {r["set"]: r for r in (isolation.get("runs") or [])}
     if iso.get("baseline") and iso.get("hang-batch"):
@@ -914,6 +920,49 @@ def durability_cost(disk: dict | None, never: dict | None, memory: dict | None) 
         f"p50 {disk['p50_ms']:.1f} ms against {memory['p50_ms']:.1f} ms | – |"
     )
     return rows
+
+
+def _fsync_ms(run: dict) -> float | None:
+    """The run's fsync interval in ms; None unless its replies wait for interval rounds."""
+    if run.get("buffer") != "disk" or not run.get("buffer_fsync"):
+        return None
+    try:
+        ms = parse_fsync(str(run["buffer_fsync"]))
+    except ValueError:
+        return None
+    return ms or None  # never (None) and always (0) have no interval
+
+
+def round_bound(disk: dict | None, top: dict | None) -> list[str]:
+    """What `BUFFER_FSYNC`'s interval allows clients that wait for each reply: a request is
+    answered after the first round that starts once it is appended, so each connection gets
+    at most one reply per round, and rounds start at most once per interval."""
+    ms = _fsync_ms(disk) if disk else None
+    if not disk or not top or not ms or not disk.get("requests_per_s"):
+        return []
+    per_request = disk["events_per_s"] / disk["requests_per_s"]
+    bound = disk["connections"] * 1000 / ms * per_request
+    share = bound / top["events_per_s"]
+    return [
+        f"| … its fsync-round bound: a client that waits for each reply gets one per round, so "
+        f"{disk['connections']} connections × {1000 / ms:g} rounds/s (`BUFFER_FSYNC={disk['buffer_fsync']}`) allow "
+        f"{_num(bound)} events/s whatever the CPU | reported | {share:.2f}× the ceiling; `BUFFER=disk` reached "
+        f"{_percent(disk['events_per_s'] / bound)} of it | {_reach(share, 0.5)} at {disk['connections']} connections |"
+    ]
+
+
+def durability_at(disk: dict | None, memory: dict | None, top: dict | None) -> list[str]:
+    """The buffer's cost where its round bound is above what the CPU allows (more connections)."""
+    if not disk or not memory:
+        return []
+    ratio = _vs(disk, memory)
+    vs_top = f"; {_vs(disk, top):.2f}× the ceiling (measured at {top.get('connections', '?')} connections)" if top else ""
+    return [
+        f"| … at {disk['connections']} connections, where that bound is above what the CPU allows: `BUFFER=disk` ÷ "
+        f"`BUFFER=memory`, what the buffer costs in CPU | ≥ 0.85× (proposed) | {ratio:.2f}× "
+        f"({_num(disk['events_per_s'])} vs {_num(memory['events_per_s'])}), p50 {disk['p50_ms']:.1f} ms against "
+        f"{memory['p50_ms']:.1f} ms{vs_top} | {_verdict(ratio >= 0.85)} |"
+    ]
 
 
 def _reach(bound: float, target: float) -> str:

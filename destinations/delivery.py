@@ -55,6 +55,18 @@ STALL_SECONDS = 1.0
 # The longest a request waits for room in a buffer whose flush is making progress.
 ROOM_WAIT_SECONDS = 5.0
 
+# This process's id, kept current across forks: every request asks whether its flusher runs
+# in this process, and os.getpid() is a system call each time (glibc stopped caching it).
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
 
 @dataclass(frozen=True)
 class DeliveryConfig:
@@ -580,13 +592,13 @@ class RowDestination:
         # Every request asks: answered by a flag the flusher clears on its way out, not by
         # Thread.is_alive() (a lock round trip, under gevent about 2% of a small request).
         # The pid tells a flusher of this process from one a parent started before it forked.
-        if self._flusher_pid == os.getpid():
+        if self._flusher_pid == _pid:
             return
         with self._lock:
-            if self._flusher_pid != os.getpid() and not self._stop.is_set():
+            if self._flusher_pid != _pid and not self._stop.is_set():
                 self._flusher = threading.Thread(target=self._run, name=f"flush-{self.name}", daemon=True)
                 self._flusher.start()
-                self._flusher_pid = os.getpid()
+                self._flusher_pid = _pid
 
     def _run(self) -> None:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import tracemalloc
 from collections import Counter
 from pathlib import Path
@@ -84,6 +85,27 @@ def test_batch_flushes_when_the_record_limit_is_reached(make_app, tmp_path):
     destination(app, "files").flush()  # whatever the woken flusher has not taken already
     wait_until(lambda: len(files.rows(tmp_path / "data", "events")) == 25, 10, what="the flush")
     assert len(files.objects(tmp_path / "data", "events")) == 3  # chunks of at most 10 rows
+
+
+def test_a_forked_process_starts_a_flusher_of_its_own(make_app, tmp_path):
+    """A flusher the parent started does not exist in a forked child (gunicorn forks its
+    workers, after building the app with --preload): the child must start its own."""
+    app = make_app(delivery="batch", buffer="memory", batch_max_seconds="3600", batch_max_records="10")
+    client = app.test_client()
+    client.post("/track", json=events(10))  # 10 rows wake the parent's flusher
+    wait_until(lambda: len(files.rows(tmp_path / "data", "events")) == 10, 10, what="the parent's flush")
+    pid = os.fork()
+    if pid == 0:  # the child: only its own flusher can write these
+        status = 1
+        try:
+            client.post("/track", json=events(10, 10))
+            wait_until(lambda: len(files.rows(tmp_path / "data", "events")) == 20, 10, what="the child's flush")
+            status = 0
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert sorted(r["insert_id"] for r in files.rows(tmp_path / "data", "events")) == sorted(f"e{i}" for i in range(20))
 
 
 def test_close_drains_the_buffer(make_app, tmp_path):
