@@ -47,6 +47,12 @@ RECOVERED_ROWS = Counter(
 )
 CORRUPT_TAILS = Counter("mpproxy_disk_buffer_corrupt_tails_total", "Damaged regions found in write-ahead buffer segments")
 CORRUPT_BYTES = Counter("mpproxy_disk_buffer_corrupt_bytes_total", "Bytes of damaged write-ahead buffer records skipped")
+BACKPRESSURE_WAITS = Counter(
+    "mpproxy_backpressure_waits_total", "Requests that waited for room in a destination's full buffer", ["destination"]
+)
+BACKPRESSURE_SECONDS = Counter(
+    "mpproxy_backpressure_seconds_total", "Time requests waited for room in a destination's full buffer", ["destination"]
+)
 REFUSED = Counter("mpproxy_refused_requests_total", "Requests answered 503 because their rows could not be kept", ["reason"])
 FSYNC_SECONDS = Histogram(
     "mpproxy_disk_buffer_fsync_seconds",

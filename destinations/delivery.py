@@ -221,6 +221,7 @@ class RowDestination:
         self._flusher: threading.Thread | None = None
         self._flusher_pid: int | None = None  # the process whose flusher runs
         self._records_in = metrics.RECORDS_IN.labels(self.name)  # counted on every request
+        self._backpressure = (metrics.BACKPRESSURE_WAITS.labels(self.name), metrics.BACKPRESSURE_SECONDS.labels(self.name))
         self._setup_lock = threading.Lock()
         self._setup_done = False
         self._last_flush = -float("inf")
@@ -528,16 +529,25 @@ class RowDestination:
         if incoming > limit:
             return None  # never fits: it spills on its own
         give_up = time.monotonic() + ROOM_WAIT_SECONDS
-        while self._buffer.bytes + self._flushing_bytes + incoming > limit and not self._stop.is_set():
-            now = time.monotonic()
-            if now - self._progress_at >= STALL_SECONDS or now >= give_up:
-                if self._inflight and self._buffer.rows:
-                    evicted, self._buffer = self._buffer, self._empty_buffer()
-                    return evicted
-                return None
-            self._wake.set()  # the flusher takes the buffer as soon as it runs
-            self._room.wait(min(STALL_SECONDS, give_up - now))
-        return None
+        waiting_since: float | None = None
+        try:
+            while self._buffer.bytes + self._flushing_bytes + incoming > limit and not self._stop.is_set():
+                now = time.monotonic()
+                if now - self._progress_at >= STALL_SECONDS or now >= give_up:
+                    if self._inflight and self._buffer.rows:
+                        evicted, self._buffer = self._buffer, self._empty_buffer()
+                        return evicted
+                    return None
+                if waiting_since is None:
+                    waiting_since = now
+                self._wake.set()  # the flusher takes the buffer as soon as it runs
+                self._room.wait(min(STALL_SECONDS, give_up - now))
+            return None
+        finally:
+            if waiting_since is not None:  # in /metrics: replies slowed by a destination that does not keep up
+                waits, seconds = self._backpressure
+                waits.inc()
+                seconds.inc(time.monotonic() - waiting_since)
 
     def _evict(self, evicted: _Buffer) -> None:
         """Dead-letter a whole buffer taken out because its destination does not keep up, in

@@ -225,7 +225,13 @@ def test_a_working_destination_that_falls_behind_slows_requests_down_instead_of_
         print(f"\nfalling behind: {len(load.accepted)} accepted, {len(arrived)} arrived, {len(spooled)} spool files")
         assert spooled == []
         assert sorted(arrived) == sorted(load.accepted)
-        assert metric_sum(f"http://127.0.0.1:{port}", "mpproxy_dead_lettered_rows_total", destination="mixpanel") == 0
+        url = f"http://127.0.0.1:{port}"
+        assert metric_sum(url, "mpproxy_dead_lettered_rows_total", destination="mixpanel") == 0
+        # The waits show in /metrics, so an operator can tell a destination that holds replies back.
+        waits = metric_sum(url, "mpproxy_backpressure_waits_total", destination="mixpanel")
+        seconds = metric_sum(url, "mpproxy_backpressure_seconds_total", destination="mixpanel")
+        print(f"backpressure: {waits:.0f} requests waited {seconds:.2f} s in all")
+        assert 0 < waits <= 200 and seconds > 0  # 200 requests
     finally:
         server.stop()
 
