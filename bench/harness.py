@@ -56,8 +56,6 @@ SETS: dict[str, tuple[str, str]] = {
     "files-batch": ("mixpanel,files", "Mixpanel + files, MIXPANEL_DELIVERY=batch"),
     "files-batch-memory": ("mixpanel,files", "Mixpanel + files, MIXPANEL_DELIVERY=batch, BUFFER=memory"),
     "files-batch-never": ("mixpanel,files", "Mixpanel + files, MIXPANEL_DELIVERY=batch, BUFFER_FSYNC=never"),
-    "files-batch-c96": ("mixpanel,files", "Mixpanel + files, MIXPANEL_DELIVERY=batch, 96 connections"),
-    "files-batch-memory-c96": ("mixpanel,files", "Mixpanel + files, MIXPANEL_DELIVERY=batch, BUFFER=memory, 96 connections"),
     # `--node-original DIR`: the seed's Node proxy (forwards to Mixpanel only), pointed at the same double.
     "node": ("", "Node original (Mixpanel only), the anchor"),
 }
@@ -67,14 +65,16 @@ SET_ENV: dict[str, dict[str, str]] = {
     # The same without the write-ahead buffer: no reply waits for a group fsync (BUFFER_FSYNC).
     "files-batch-memory": {"MIXPANEL_DELIVERY": "batch", "BUFFER": "memory"},
     "files-batch-never": {"MIXPANEL_DELIVERY": "batch", "BUFFER_FSYNC": "never"},
-    "files-batch-c96": {"MIXPANEL_DELIVERY": "batch"},
-    "files-batch-memory-c96": {"MIXPANEL_DELIVERY": "batch", "BUFFER": "memory"},
 }
-# Connections per set where not the scenario's. A client that waits for each reply gets at most
-# one per fsync round (BUFFER_FSYNC=10: 100 a second), so 32 connections cap the durable default
-# at 3,200 requests/s whatever the CPU; at 96 the cap is above what the CPU allows, and
+# Sets run again at 96 connections, as `<set>-c96`. A client that waits for each reply gets at
+# most one per fsync round (BUFFER_FSYNC=10: 100 a second), so 32 connections cap the durable
+# default at 3,200 requests/s whatever the CPU; at 96 the cap is above what the CPU allows, and
 # `BUFFER=disk` against `BUFFER=memory` shows what the buffer costs in CPU alone.
-SET_CONNECTIONS: dict[str, int] = {"files-batch-c96": 96, "files-batch-memory-c96": 96}
+AT_96 = ("files-batch", "files-batch-memory")
+SET_CONNECTIONS: dict[str, int] = {f"{key}-c96": 96 for key in AT_96}  # connections where not the scenario's
+for _key in AT_96:
+    SETS[f"{_key}-c96"] = (SETS[_key][0], f"{SETS[_key][1]}, 96 connections")
+    SET_ENV[f"{_key}-c96"] = SET_ENV[_key]
 # A run is disturbed when the host's speed probe (procs.speed_probe) took this many times the
 # fastest probe of the bench run, just before it: the host was busy with other guests.
 SLOW_HOST = 1.2

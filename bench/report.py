@@ -20,10 +20,9 @@ SET_TITLES = {
     "files-batch": "Mixpanel + files, `MIXPANEL_DELIVERY=batch`",
     "files-batch-memory": "Mixpanel + files, `MIXPANEL_DELIVERY=batch`, `BUFFER=memory`",
     "files-batch-never": "Mixpanel + files, `MIXPANEL_DELIVERY=batch`, `BUFFER_FSYNC=never`",
-    "files-batch-c96": "Mixpanel + files, `MIXPANEL_DELIVERY=batch`, **96 connections**",
-    "files-batch-memory-c96": "Mixpanel + files, `MIXPANEL_DELIVERY=batch`, `BUFFER=memory`, **96 connections**",
     "node": "Node original (forwards to Mixpanel only): the anchor",
 }
+SET_TITLES |= {f"{key}-c96": f"{SET_TITLES[key]}, **96 connections**" for key in ("files-batch", "files-batch-memory")}
 
 
 def _num(value: float | None, digits: int = 0) -> str:
@@ -915,7 +914,8 @@ def durability_cost(disk: dict | None, never: dict | None, memory: dict | None) 
             f"| reported | {_vs(never, memory):.2f}× ({_num(never['events_per_s'])} vs {_num(memory['events_per_s'])}) | – |"
         )
     rows.append(
-        "| … `BUFFER=disk` (default, `BUFFER_FSYNC=10`) ÷ `BUFFER=memory`: the append, the group fsync and each reply's "
+        f"| … `BUFFER=disk` (default, `BUFFER_FSYNC={disk.get('buffer_fsync', 10)}`) ÷ `BUFFER=memory`: the append, "
+        "the group fsync and each reply's "
         f"wait for it | reported | {_vs(disk, memory):.2f}× ({_num(disk['events_per_s'])} vs {_num(memory['events_per_s'])}), "
         f"p50 {disk['p50_ms']:.1f} ms against {memory['p50_ms']:.1f} ms | – |"
     )
@@ -937,8 +937,7 @@ def round_bound(disk: dict | None, top: dict | None) -> list[str]:
     """What `BUFFER_FSYNC`'s interval allows clients that wait for each reply: a request is
     answered after the first round that starts once it is appended, so each connection gets
     at most one reply per round, and rounds start at most once per interval."""
-    ms = _fsync_ms(disk) if disk else None
-    if not disk or not top or not ms or not disk.get("requests_per_s"):
+    if not disk or not top or not disk.get("requests_per_s") or not (ms := _fsync_ms(disk)):
         return []
     per_request = disk["events_per_s"] / disk["requests_per_s"]
     bound = disk["connections"] * 1000 / ms * per_request
