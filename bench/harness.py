@@ -104,6 +104,20 @@ ISOLATION: dict[str, dict[str, Any]] = {
         "title": "Mixpanel + faulty `hang`, `DELIVERY=sync`, `DESTINATION_TIMEOUT_SECONDS=1`",
     },
 }
+# --isolation-rounds N repeats the runs whose events/s are compared, every other round in reverse
+# order (as --buffer-rounds); the sync run is bounded by its deadline, not by the CPU, and runs once.
+ISOLATION_COMPARED = ("baseline", "healthy-batch", "hang-batch")
+
+
+def isolation_runs(rounds: int = 1) -> list[tuple[int, str]]:
+    """(round, ISOLATION key) in the order they run."""
+    plan = [(1, key) for key in ISOLATION]
+    for number in range(2, rounds + 1):
+        keys = ISOLATION_COMPARED if number % 2 else ISOLATION_COMPARED[::-1]
+        plan += [(number, key) for key in keys]
+    return plan
+
+
 # --buffer: what the write-ahead buffer costs. Mixpanel + files, browser batches, a fresh proxy per
 # run: BUFFER=memory, then BUFFER=disk with each fsync policy; --buffer-rounds N repeats the
 # sequence, every other round in reverse order, so drift on a shared machine hits every policy alike.
@@ -747,13 +761,18 @@ class Bench:
         from core.settings import Settings
 
         defaults = DeliveryConfig()
-        runs = [self.clean_run(lambda k=key: self.run_isolation(k)) for key in ISOLATION]
+        runs = []
+        for number, key in isolation_runs(self.args.isolation_rounds):
+            result = self.clean_run(lambda k=key: self.run_isolation(k))
+            result["round"] = number
+            runs.append(result)
         return {
             "scenario": "browser",
             "connections": SCENARIOS["browser"].connections,
             "duration": self.args.duration,
             "warmup": self.args.warmup,
             "workers": WORKERS,
+            "rounds": self.args.isolation_rounds,
             "defaults": {
                 "DESTINATION_TIMEOUT_SECONDS": Settings().destination_timeout_seconds,
                 "RETRY_MAX_ATTEMPTS": defaults.retry.max_attempts,
@@ -935,6 +954,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="also measure a destination that never answers (browser, 32 connections): Mixpanel only, + a hanging "
         "destination in batch mode, and in sync mode with DESTINATION_TIMEOUT_SECONDS=1",
+    )
+    parser.add_argument(
+        "--isolation-rounds",
+        type=int,
+        default=1,
+        help="repeat the isolation runs compared by events/s (Mixpanel only, the destination healthy, hanging in batch "
+        "mode), alternating their order; ratios are the median of the rounds'",
     )
     parser.add_argument(
         "--buffer",
