@@ -6,6 +6,7 @@ What a real SIGKILL and a real full disk do under gunicorn is in tests/test_wal_
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -254,6 +255,33 @@ def test_rows_are_on_disk_before_the_reply_and_deleted_once_delivered(make_app, 
     app.extensions["mpproxy"].buffer.recovery.run_once()  # seals the idle segment: all of it is delivered
     assert segments(tmp_path / "buffer") == []
     assert len(files.rows(tmp_path / "data", "events")) == 15
+
+
+def test_a_reply_waiting_for_its_fsync_round_holds_none_of_the_request_s_records(make_app, monkeypatch, tmp_path):
+    """The records (and the rows and body made from them) are freed before the reply waits for
+    its round, while still in the CPU's caches (proxy/ingest.py `handle`)."""
+    import gc
+
+    app = make_app(delivery="batch", batch_max_seconds="3600")
+    buffer = app.extensions["mpproxy"].buffer
+    alive: list[int] = []
+    wait = buffer.wait_durable
+
+    def held(value: object) -> bool:
+        properties = value.get("properties") if isinstance(value, dict) else None
+        return isinstance(properties, dict) and str(properties.get("$insert_id", "")).startswith("held-")
+
+    def counting(ticket) -> None:
+        gc.collect()  # only what is still referenced counts, not garbage awaiting the collector
+        alive.append(sum(1 for value in gc.get_objects() if held(value)))
+        wait(ticket)
+
+    monkeypatch.setattr(buffer, "wait_durable", counting)
+    body = json.dumps(events(5, "held-"))  # as bytes: the test's own dicts are gone before the request
+    assert app.test_client().post("/track", data=body, content_type="application/json").data == b"1"
+    assert alive == [0]
+    destination(app).flush()
+    assert sorted(insert_ids(files.rows(tmp_path / "data", "events"))) == [f"held-{i}" for i in range(5)]
 
 
 def test_a_killed_process_is_adopted_and_only_what_it_had_not_delivered_is_sent(make_app, tmp_path):
