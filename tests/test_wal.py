@@ -277,7 +277,7 @@ def test_a_reply_waiting_for_its_fsync_round_holds_none_of_the_request_s_records
         wait(ticket)
 
     monkeypatch.setattr(buffer, "wait_durable", counting)
-    body = json.dumps(events(5, "held-"))  # as bytes: the test's own dicts are gone before the request
+    body = json.dumps(events(5, "held-"))  # sent as JSON text: the test's own dicts are gone before the request
     assert app.test_client().post("/track", data=body, content_type="application/json").data == b"1"
     assert alive == [0]
     destination(app).flush()
