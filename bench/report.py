@@ -22,7 +22,17 @@ SET_TITLES = {
     "files-batch-never": "Mixpanel + files, `MIXPANEL_DELIVERY=batch`, `BUFFER_FSYNC=never`",
     "node": "Node original (forwards to Mixpanel only): the anchor",
 }
-SET_TITLES |= {f"{key}-c96": f"{SET_TITLES[key]}, **96 connections**" for key in ("files-batch", "files-batch-memory")}
+
+
+def set_title(key: str) -> str:
+    """A set's title; a set the harness repeats at other concurrency (`<set>-c96`) is titled
+    after the set it repeats."""
+    if key in SET_TITLES:
+        return SET_TITLES[key]
+    base, _, connections = key.rpartition("-c")
+    if base in SET_TITLES and connections.isdigit():
+        return f"{SET_TITLES[base]}, **{connections} connections**"
+    return key
 
 
 def _num(value: float | None, digits: int = 0) -> str:
@@ -120,7 +130,7 @@ def render_passes(runs: list[dict], scenarios: dict) -> list[str]:
             ]
             spread = max(by_pass.values()) / min(by_pass.values())
             out.append(
-                f"| {name} | {SET_TITLES.get(set_key, set_key).split(':')[0]} | {' | '.join(cells)} "
+                f"| {name} | {set_title(set_key).split(':')[0]} | {' | '.join(cells)} "
                 f"| {cell(statistics.median(by_pass.values()))} | {spread:.2f} |"
             )
     out.append("")
@@ -262,7 +272,7 @@ def render(results: dict[str, Any]) -> str:
         )
         w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         for r in these:
-            title = SET_TITLES.get(r["set"], r["set"]) + (" ⚠" if r.get("contaminated") else "")
+            title = set_title(r["set"]) + (" ⚠" if r.get("contaminated") else "")
             if "unavailable" in r:
                 w(f"| {title} | {r['unavailable']} |||||||||||")
                 continue
@@ -409,7 +419,7 @@ def render(results: dict[str, Any]) -> str:
         w("Not recorded (`--profile-seconds 0`).\n")
     for name, prof in profiles.items():
         title = scenarios.get(name, {}).get("title", name)
-        w(f"### {title}, {SET_TITLES.get(prof.get('set', 'files'), prof.get('set'))}\n")
+        w(f"### {title}, {set_title(prof.get('set', 'files'))}\n")
         if not prof.get("samples"):
             w(f"Not recorded ({prof.get('error', 'no samples')}).\n")
             continue
@@ -579,13 +589,22 @@ def isolation_representatives(iso: dict) -> dict[str, dict]:
     return out
 
 
+def isolation_rounds(iso: dict) -> dict[int, dict[str, dict]]:
+    """round -> ISOLATION key -> its run, in round order (results without rounds: one)."""
+    rounds: dict[int, dict[str, dict]] = {}
+    for r in iso.get("runs") or []:
+        rounds.setdefault(r.get("round", 1), {})[r["set"]] = r
+    return dict(sorted(rounds.items()))
+
+
 def isolation_ratio(iso: dict, key: str, reference: str) -> tuple[float, list[float]] | None:
     """`key`'s events/s ÷ `reference`'s, round by round (runs of one round ran minutes apart at
     most): the median and each round's ratio, or None when either was not measured."""
-    rounds: dict[int, dict[str, float]] = {}
-    for r in iso.get("runs") or []:
-        rounds.setdefault(r.get("round", 1), {})[r["set"]] = r["events_per_s"]
-    ratios = [v[key] / v[reference] for _, v in sorted(rounds.items()) if v.get(key) and v.get(reference)]
+    ratios = [
+        runs[key]["events_per_s"] / runs[reference]["events_per_s"]
+        for runs in isolation_rounds(iso).values()
+        if key in runs and reference in runs and runs[reference]["events_per_s"]
+    ]
     return (statistics.median(ratios), ratios) if ratios else None
 
 
@@ -675,18 +694,14 @@ def render_isolation(iso: dict, matrix: list[dict] | None = None) -> list[str]:
 
 def render_isolation_rounds(iso: dict) -> list[str]:
     """With several rounds: each round's events/s and ratios, so the spread shows."""
-    numbers = sorted({r.get("round", 1) for r in iso.get("runs") or []})
-    if len(numbers) < 2:
+    rounds = isolation_rounds(iso)
+    if len(rounds) < 2:
         return []
-    values: dict[int, dict[str, dict]] = {}
-    for r in iso["runs"]:
-        values.setdefault(r.get("round", 1), {})[r["set"]] = r
     out = [
         "| round | (a) events/s | (d) healthy | (b) hanging | (b) ÷ (a) | (b) ÷ (d) | (d) ÷ (a) |",
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for number in numbers:
-        row = values[number]
+    for number, row in rounds.items():
         cells = []
         for key in ("baseline", "healthy-batch", "hang-batch"):
             run = row.get(key)

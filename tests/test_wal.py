@@ -5,6 +5,7 @@ What a real SIGKILL and a real full disk do under gunicorn is in tests/test_wal_
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import os
@@ -260,8 +261,6 @@ def test_rows_are_on_disk_before_the_reply_and_deleted_once_delivered(make_app, 
 def test_a_reply_waiting_for_its_fsync_round_holds_none_of_the_request_s_records(make_app, monkeypatch, tmp_path):
     """The records (and the rows and body made from them) are freed before the reply waits for
     its round, while still in the CPU's caches (proxy/ingest.py `handle`)."""
-    import gc
-
     app = make_app(delivery="batch", batch_max_seconds="3600")
     buffer = app.extensions["mpproxy"].buffer
     alive: list[int] = []
