@@ -41,14 +41,23 @@ FORWARD_APP = "bench.ceiling:forwarder"
 DECODE_APP = "bench.ceiling:decoder"
 # The essential-work ceiling: the forwarder, plus decoding and one gzipped NDJSON line per record.
 ESSENTIAL_APP = "bench.ceiling:essentials"
+# The same, durable as the proxy's default: each request's rows fsynced (group commit) before the reply.
+DURABLE_APP = "bench.ceiling:durable"
 # The reference apps in bench/ceiling.py, by set; they run right after the pass-through, in this order.
-CEILING_APPS = {"ceiling": CEILING_APP, "forward": FORWARD_APP, "decode": DECODE_APP, "essential": ESSENTIAL_APP}
+CEILING_APPS = {
+    "ceiling": CEILING_APP,
+    "forward": FORWARD_APP,
+    "decode": DECODE_APP,
+    "essential": ESSENTIAL_APP,
+    "durable": DURABLE_APP,
+}
 SETS: dict[str, tuple[str, str]] = {
     # key: (DESTINATIONS, title); `ceiling` is not the proxy and has no destinations
     "ceiling": ("", "framework ceiling: Flask on gunicorn+gevent, reads the body, answers 1"),
     "forward": ("", "forwarding ceiling: the same, forwards the body verbatim to Mixpanel"),
     "decode": ("", "decoding ceiling: forwards verbatim, decodes the body with the proxy's decoder"),
     "essential": ("", "essential-work ceiling: forwards, decodes, gzips one NDJSON line per record"),
+    "durable": ("", "durable essential-work ceiling: the same, fsynced before the reply (group commit)"),
     "mixpanel": ("mixpanel", "Mixpanel only"),
     "files": ("mixpanel,files", "Mixpanel + files"),
     "s3": ("mixpanel,s3", "Mixpanel + S3 (moto)"),
@@ -482,12 +491,18 @@ class Bench:
         env = {"LOG_LEVEL": "WARNING"}
         if set_key != "ceiling":
             env["MIXPANEL_API_HOST"] = f"http://127.0.0.1:{self.nginx.mixpanel_port}"
+        if set_key == "durable":  # its log goes where the proxy's write-ahead buffer goes: the same disk
+            directory = self.work / "buffer" / "durable"
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir(parents=True)
+            env["BUFFER_DIR"] = str(directory)
         return CEILING_APPS[set_key], env
 
     def run_ceiling(self, scenario: Scenario, set_key: str = "ceiling") -> dict:
         """bench/ceiling.py on the proxy's stack: what any Flask proxy here can do at best (`ceiling`),
         or any that forwards each request to Mixpanel (`forward`), and also decodes it (`decode`),
-        and also keeps its records as gzipped rows (`essential`). Nothing to count."""
+        and also keeps its records as gzipped rows (`essential`), fsynced before the reply
+        (`durable`). Nothing to count."""
         tag = f"{set_key}-{scenario.name}"
         app, env = self.ceiling_env(set_key)
         server = procs.Gunicorn(env, self.out / f"gunicorn-{tag}.log", WORKERS, app=app)
