@@ -39,7 +39,7 @@ from core.retry import PermanentError, RetriesExhausted, RetryPolicy, short_erro
 from core.settings import Settings
 from destinations.base import Capabilities, Chunk, RowSink, SinkResult, WriteResult
 from destinations.deadletter import DeadLetter, DeadLetterFull
-from destinations.rows import RowBatch, dumps_row, hour_of, to_rows
+from destinations.rows import RowBatch, dumps_row, hour_of, line_of, to_rows
 from destinations.schema import TableSchema
 
 log = logging.getLogger(__name__)
@@ -444,8 +444,8 @@ class RowDestination:
         out = []
         for table in batch.tables:
             lines = batch.lines(table)  # encoded once per request, shared by every row destination
-            items = lines if self.capabilities.takes == "lines" else [line for _, line in lines]
-            out.append((table, items, sum(len(line) + 1 for _, line in lines)))
+            items = lines if self.capabilities.takes == "lines" else list(map(line_of, lines))
+            out.append((table, items, batch.encoded_bytes(table)))
         return out
 
     # -- sync ---------------------------------------------------------------------------

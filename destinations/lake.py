@@ -29,7 +29,7 @@ from core import codec
 from core.green import off_loop
 from core.settings import Settings
 from destinations.base import Capabilities, RowSink, SinkResult
-from destinations.rows import Line, Row, dumps_row, hour_of
+from destinations.rows import Line, Row, encode_lines
 
 CONTENT_TYPE = "application/x-ndjson"
 CONTENT_ENCODING = "gzip"
@@ -190,14 +190,19 @@ class PackedRows:
             return 0
         by_hour: dict[str, list[bytes]] = {}
         taken = 0
+        raw, most, room = self.raw_bytes, self.max_raw_bytes, self.max_rows - self._rows
+        hour_now: str | None = None
+        group: list[bytes] = []
         for hour, line in lines:
-            if self.raw_bytes and self.raw_bytes + len(line) + 1 > self.max_raw_bytes:
+            size = len(line) + 1
+            if (raw and raw + size > most) or taken >= room:
                 break
-            if self._rows + taken >= self.max_rows:
-                break
-            by_hour.setdefault(hour, []).append(line)
-            self.raw_bytes += len(line) + 1
+            if hour is not hour_now:  # a request's rows share their hour (the same string)
+                hour_now, group = hour, by_hour.setdefault(hour, [])
+            group.append(line)
+            raw += size
             taken += 1
+        self.raw_bytes = raw
         for hour, group in by_hour.items():
             stream = self._streams.get(hour)
             if stream is None:
@@ -296,7 +301,7 @@ class LakeWriter:
 
     def write(self, table: str, rows: Sequence[Row]) -> list[str]:
         """Write rows as one or more objects; returns the keys written."""
-        return self.write_lines(table, [(hour_of(r), dumps_row(r)) for r in rows])
+        return self.write_lines(table, encode_lines(rows))
 
     def write_lines(self, table: str, lines: Sequence[Line] | PackedRows) -> list[str]:
         """Write encoded rows (or a packed chunk) as one or more objects; returns the keys written."""

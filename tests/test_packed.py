@@ -79,6 +79,17 @@ def test_chunk_keeps_to_its_raw_size_cap_but_always_takes_one_row():
     assert gzip.decompress(fresh.objects()[0][1]) == huge[0][1] + b"\n"
 
 
+def test_chunk_keeps_to_its_row_cap():
+    rows = lines(40)
+    chunk = PackedRows(max_rows=25)
+    assert chunk.add(rows[:10]) == 10
+    assert chunk.add(rows[10:30]) == 15  # up to the cap, across both hours
+    assert chunk.full and len(chunk) == 25
+    assert chunk.add(rows[25:]) == 0
+    held = [line for _, data, _ in chunk.objects() for line in gzip.decompress(data).splitlines()]
+    assert sorted(held) == sorted(line for _, line in rows[:25])
+
+
 def test_chunk_keeps_to_its_compressed_size_cap_batch_max_bytes():
     """Lakes count BATCH_MAX_BYTES compressed: a chunk closes once it holds that much gzip,
     not after that much NDJSON (which would cut one object per flush into several). The

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from core.records import Record, normalize
 from core.settings import ConfigError, Settings
 from destinations import rows
-from destinations.rows import RowBatch, cast, dumps_row, insert_id, json_safe, parse_time, to_rows
+from destinations.rows import RowBatch, cast, dumps_row, encode_lines, hour_of, insert_id, json_safe, parse_time, to_rows
 from destinations.schema import Column, build_schemas, parse_extra_columns
 
 RECEIVED = 1_700_000_100.25  # 2023-11-14T22:15:00.250000Z
@@ -453,3 +453,29 @@ def test_encoded_lines_take_about_their_own_size_in_memory():
     assert encoded > 1_500_000
     # bytes objects' headers, the (hour, line) tuples, the hour strings and the list
     assert held < encoded * 1.3, f"{held:,} bytes held for {encoded:,} bytes of lines"
+
+
+def test_encoded_lines_are_each_row_s_hour_and_line_whatever_the_rows_share():
+    """encode_lines cuts the hour once for a run of rows sharing one insert_time string, as a
+    request's rows do; rows replayed from the dead letter or changed by WAREHOUSE_TRANSFORM
+    carry their own, and odd values take dumps_row's safe path."""
+    ten = "2024-05-01T10:59:59.000000Z"
+    rows = [
+        {"insert_time": ten, "n": 1},
+        {"insert_time": ten, "n": 2},
+        {"insert_time": "2024-05-01T11:00:00.000000Z", "n": 3},  # the next hour
+        {"insert_time": "".join(["2024-05-01T", "12:00:00.000000Z"]), "n": 4},  # equal text, another object
+        {"insert_time": None, "n": 5},
+        {"n": 6},
+        {"insert_time": ten, "when": datetime(2024, 1, 1, tzinfo=UTC), "raw": b"\xff"},  # not JSON as it is
+    ]
+    assert encode_lines(rows) == [(hour_of(row), dumps_row(row)) for row in rows]
+    assert [hour for hour, _ in encode_lines(rows)] == [
+        "2024-05-01T10",
+        "2024-05-01T10",
+        "2024-05-01T11",
+        "2024-05-01T12",
+        "",
+        "",
+        "2024-05-01T10",
+    ]

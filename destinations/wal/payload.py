@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core import codec
-from destinations.rows import RowBatch, hour_of
+from destinations.rows import RowBatch, hour_of, line_of
 
 
 def encode(endpoint: str, destinations: list[str], rows: RowBatch | None, record_lines: Sequence[bytes] | None) -> bytes | None:
@@ -35,7 +35,7 @@ def encode(endpoint: str, destinations: list[str], rows: RowBatch | None, record
     head = {"e": endpoint, "d": destinations, "t": [[table, len(lines)] for table, lines in tables], "r": len(records)}
     parts = [codec.dumps(head)]
     for _, lines in tables:
-        parts.extend(line for _, line in lines)
+        parts.extend(map(line_of, lines))
     parts.extend(records)
     return b"\n".join(parts)
 
