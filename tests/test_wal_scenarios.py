@@ -116,6 +116,16 @@ def dead_lettered(env: dict[str, str]) -> list[str]:
     return [row["insert_id"] for batch in DeadLetter(env["DEAD_LETTER_DIR"]).batches() for row in batch.rows]
 
 
+def wait_until_kept(load: LoadResult, env: dict[str, str]) -> None:
+    """Until every acknowledged event has landed in DATA_DIR or waits in the dead letter."""
+    wait_until(
+        lambda: load.accepted <= set(landed(env)) | set(dead_lettered(env)),
+        60,
+        0.5,
+        what="every acknowledged event to land or be dead-lettered",
+    )
+
+
 def replay(env: dict[str, str]) -> str:
     """The operator's `flask --app app replay`, with the proxy's environment; its output."""
     done = subprocess.run(
@@ -169,12 +179,7 @@ def test_sigkill_of_one_worker_under_load(env, tmp_path, attempt):
     try:
         load = run_load(f"http://127.0.0.1:{port}/track/", 600, 20, threads=4, run=f"k1-{attempt}", on_progress=kill)
         assert killed and killed[0] not in workers(server)
-        wait_until(
-            lambda: load.accepted <= set(landed(env)) | set(dead_lettered(env)),
-            60,
-            0.5,
-            what="every acknowledged event to land or be dead-lettered",
-        )
+        wait_until_kept(load, env)
         recovered = metric_sum(f"http://127.0.0.1:{port}", "mpproxy_recovered_rows_total")
     finally:
         assert server.stop() == 0, server.log()[-3000:]
@@ -217,12 +222,7 @@ def test_sigkill_of_the_whole_process_group_then_restart(env, tmp_path, flush_se
     env["BATCH_MAX_SECONDS"] = "1"
     again = gunicorn(env, free_port(), workers=2, log=tmp_path / "gunicorn-restart.log")
     try:
-        wait_until(
-            lambda: load.accepted <= set(landed(env)) | set(dead_lettered(env)),
-            60,
-            0.5,
-            what="every acknowledged event to land or be dead-lettered",
-        )
+        wait_until_kept(load, env)
     finally:
         assert again.stop() == 0, again.log()[-3000:]
     counts = report(f"SIGKILL process group (BATCH_MAX_SECONDS={flush_seconds}), run {attempt + 1}", load, landed(env))
@@ -333,12 +333,7 @@ def test_disk_full_answers_503_and_loses_nothing_acknowledged(env, tmp_path, tmp
         filler.unlink()
         wait_until(lambda: requests.get(f"{url}/health?ready=1", timeout=5).status_code == 200, 30, 0.5, what="readiness")
         load.accepted |= before.accepted
-        wait_until(
-            lambda: load.accepted <= set(landed(env)) | set(dead_lettered(env)),
-            60,
-            0.5,
-            what="every acknowledged event to land or be dead-lettered",
-        )
+        wait_until_kept(load, env)
         after = run_load(f"{url}/track/", 20, 20, threads=2, run=f"full-{mode}-after")
         assert after.statuses == {200: 20}
         load.accepted |= after.accepted
@@ -384,12 +379,7 @@ def test_a_worker_started_on_a_full_disk_refuses_until_there_is_room(env, tmp_pa
         assert after.statuses == {200: 20}
         load.accepted |= before.accepted | after.accepted
         # What the killed worker acknowledged is adopted from its directory once there is room.
-        wait_until(
-            lambda: load.accepted <= set(landed(env)) | set(dead_lettered(env)),
-            60,
-            0.5,
-            what="every acknowledged event to land or be dead-lettered",
-        )
+        wait_until_kept(load, env)
     except BaseException:
         print(server.log()[-4000:])
         raise
