@@ -50,6 +50,9 @@ class Ingest:
     # The records' NDJSON lines (bytes), encoded once per request when a destination buffers
     # SDK-shaped records (Mixpanel with MIXPANEL_DELIVERY=batch) for it and the write-ahead buffer.
     record_lines: tuple[bytes, ...] | None = None
+    # The SDK's own JSON array, when its records went through unchanged but for the client IP
+    # (`sent_as_is`): what Mixpanel is sent, forwarded synchronously, instead of re-encoding them.
+    sent_json: bytes | None = None
 
 
 def _valid_ip(text: str) -> str | None:
@@ -95,6 +98,30 @@ def _normalize_profile(item: dict, ip: str | None, token: str | None, with_ip: b
     if with_ip and ip and "$ip" not in item:
         item["$ip"] = ip
     return item
+
+
+def sent_as_is(endpoint: str, items: Iterable[Any], token: str | None) -> bool:
+    """Whether normalize() changes these items, if at all, only by adding the client IP, which
+    Mixpanel also takes from X-Forwarded-For with `ip=1`, as its own tracking proxy sends it.
+    Then the SDK's JSON can go to Mixpanel as it came. Ask before normalising: every event
+    mixpanel-browser sends carries its `time`, so it is its token override or TRANSFORM
+    (checked by the caller) that changes a request; /import has no `ip=1`, so its events keep
+    their `ip` property, and `MIXPANEL_TOKEN` rewrites every record."""
+    if token or endpoint not in _SENT_AS_IS:
+        return False
+    if ENDPOINT_KINDS[endpoint] != "event":
+        return True  # a profile update only gets `$ip`
+    for item in items:
+        if item.__class__ is dict or isinstance(item, dict):
+            props = item.get("properties")
+            if props is None or (isinstance(props, dict) and "time" not in props):
+                return False  # normalize adds `properties` or `time`
+    return True
+
+
+# The endpoints whose upstream call carries the client IP in X-Forwarded-For with `ip=1`
+# (destinations/mixpanel.py), so that an `ip` added to the records changes nothing upstream.
+_SENT_AS_IS = frozenset(("track", "engage", "groups"))
 
 
 def normalize(

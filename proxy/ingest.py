@@ -11,7 +11,7 @@ from flask import Request, Response, request
 from werkzeug.wsgi import get_content_length, get_input_stream
 
 from core import green, metrics
-from core.records import Ingest, client_ip, normalize
+from core.records import Ingest, client_ip, normalize, sent_as_is
 from destinations.base import WriteResult
 from destinations.wal import BufferFull, Ticket
 from proxy import payloads, replies
@@ -122,6 +122,12 @@ def accept(endpoint: str, rt: Runtime) -> Accepted | Response:
         return replies.error(str(exc), exc.status, verbose_hint, endpoint)
 
     ip = request_client_ip(req, rt)
+    # Asked before normalising, which completes the records in place (lever 3: verbatim forwarding).
+    sent_json = decoded.raw
+    if sent_json is not None and rt.transformer is not None:
+        sent_json = None  # TRANSFORM may change any record
+    elif sent_json is not None and not sent_as_is(endpoint, decoded.items, rt.settings.mixpanel_token):
+        sent_json = None
     records = normalize(
         endpoint,
         decoded.items,
@@ -161,6 +167,7 @@ def accept(endpoint: str, rt: Runtime) -> Accepted | Response:
         upstream_params=tuple((k, v) for k, v in decoded.params.items() if k in allowed),
         ticket=ticket,
         record_lines=record_lines,
+        sent_json=sent_json,
     )
     try:
         results = dispatch(ingest, rt.destinations)  # never raises: failures are per-destination results

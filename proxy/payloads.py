@@ -62,6 +62,10 @@ class Decoded:
     # The payload came in a `data` field (form body or query), the SDKs' way of calling
     # every endpoint: /import then answers like /track (`1`), as the SDKs expect.
     legacy: bool = False
+    # The JSON array `items` were read from, byte for byte (after gzip, form and base64), when
+    # orjson read them from it as they were: nothing repaired, one array. Mixpanel can be sent
+    # these bytes where the records were not changed (core/records.py, `sent_as_is`).
+    raw: bytes | None = None
 
     @property
     def verbose(self) -> bool:
@@ -190,6 +194,12 @@ def _loads(text: str | bytes, what: str) -> Any:
         value = _fast(text)
         if value is not _MISS:
             return value
+    return _exact(text, what)
+
+
+def _exact(text: str | bytes, what: str) -> Any:
+    """The exact reading of JSON orjson did not take (see _fast); PayloadError if it is not JSON."""
+    if isinstance(text, bytes):
         text = _utf8(text, what)
     try:
         return _json(text)
@@ -197,10 +207,8 @@ def _loads(text: str | bytes, what: str) -> Any:
         raise PayloadError(f"{what} is not valid JSON") from None
 
 
-def _loads_json_or_ndjson(body: bytes) -> Any:
-    value = _fast(body)
-    if value is not _MISS:
-        return value
+def _exact_json_or_ndjson(body: bytes) -> Any:
+    """A JSON or NDJSON body orjson did not take (see _fast), read exactly."""
     text = _utf8(body, "body")
     try:
         return _json(text)
@@ -320,11 +328,17 @@ def decode(body: bytes, query: Mapping[str, str], content_encoding: str | None =
     params = {k: v for k, v in query.items() if k != "data"}
     head = body.lstrip()[:1]
     if head in (b"[", b"{"):
-        return Decoded(_as_items(_loads_json_or_ndjson(body)), params)
+        value = _fast(body)
+        if value is _MISS:
+            return Decoded(_as_items(_exact_json_or_ndjson(body)), params)
+        return Decoded(_as_items(value), params, raw=body if value.__class__ is list else None)
 
     fast = _fast_base64_form(body)
-    if fast is not None:
-        return Decoded(_as_items(_loads(fast, "base64-decoded data")), params, legacy=True)
+    if fast is not None:  # mixpanel-browser's body
+        value = _fast(fast)
+        if value is _MISS:
+            return Decoded(_as_items(_exact(fast, "base64-decoded data")), params, legacy=True)
+        return Decoded(_as_items(value), params, legacy=True, raw=fast if value.__class__ is list else None)
 
     data: str | None = None
     if body.strip():

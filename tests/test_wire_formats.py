@@ -8,13 +8,15 @@ import gzip
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import pytest
 
-from tests.fixtures_core import b64, b64_with
+from tests.fixtures_core import b64, b64_with, read_rows
 
+ROOT = Path(__file__).resolve().parents[1]
 CLIENT = "203.0.113.7"
 TEXT = "text/plain"
 JSON = "application/json"
@@ -32,6 +34,9 @@ class Case:
     reply: bytes | Callable[[Any], None] = b"1"
     mimetype: str = TEXT
     upstream_ip: str = "1"  # the ip flag the proxy sends Mixpanel
+    # The SDK's own JSON, where Mixpanel gets it byte for byte (a JSON array the proxy read as
+    # it was, whose records only gained the client IP, which then goes in X-Forwarded-For).
+    as_sent: bytes | None = None
 
 
 def _event(name: str, **props: Any) -> dict[str, Any]:
@@ -40,6 +45,11 @@ def _event(name: str, **props: Any) -> dict[str, Any]:
 
 def _with_ip(item: dict[str, Any]) -> dict[str, Any]:
     return {**item, "properties": {**item["properties"], "ip": CLIENT}}
+
+
+def _compact(value: Any) -> bytes:
+    """JSON as the SDKs' encoders write it: compact, UTF-8 (what tests.fixtures_core.b64 encodes)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _verbose_ok(rows: int) -> Callable[[Any], None]:
@@ -134,9 +144,10 @@ CASES = [
         "/track/?verbose=1&ip=1&_=1700000000999",
         b"data=" + quote(b64_with(BROWSER_BATCH, "+", "/"), safe="").encode(),
         {"Content-Type": "application/x-www-form-urlencoded"},
-        [_with_ip(e) for e in BROWSER_BATCH],
+        BROWSER_BATCH,
         _verbose_ok(2),
         JSON,
+        as_sent=_compact(BROWSER_BATCH),
     ),
     Case(
         "browser GET: base64 data in the query string",
@@ -150,7 +161,8 @@ CASES = [
         "/track/?ip=1&_=1700000002000",
         b"data=" + quote(b64_with(BEACON, "+", "/"), safe="").encode(),
         {"Content-Type": "text/plain;charset=UTF-8"},
-        [_with_ip(e) for e in BEACON],
+        BEACON,
+        as_sent=_compact(BEACON),
     ),
     Case(
         "python: JSON in a form body, verbose and ip in the body, spaces as +",
@@ -193,7 +205,8 @@ CASES = [
         "/track/?ip=1",
         _gzip(json.dumps(SWIFT).encode()),
         {"Content-Type": "application/json", "Content-Encoding": "gzip"},
-        [_with_ip(e) for e in SWIFT],
+        SWIFT,
+        as_sent=json.dumps(SWIFT).encode(),
     ),
     Case(
         "swift legacy: base64 wrapped with CRLF every 64 characters, not percent-encoded",
@@ -286,6 +299,8 @@ def test_sdk_request_shape(case: Case, client, mp) -> None:
     assert len(upstream) == 1
     sent = upstream[0]
     assert sent.method == "POST" and sent.headers["content-encoding"] == "gzip"
+    if case.as_sent is not None:
+        assert gzip.decompress(sent.body) == case.as_sent
     if endpoint == "import":
         assert sent.headers["authorization"] == BASIC
         asked = dict(parse_qsl(urlsplit(case.path).query))
@@ -297,6 +312,61 @@ def test_sdk_request_shape(case: Case, client, mp) -> None:
         assert sent.headers["x-forwarded-for"] == CLIENT and sent.headers["x-real-ip"] == CLIENT
     else:
         assert "x-forwarded-for" not in sent.headers and "x-real-ip" not in sent.headers
+
+
+def _browser_form(items: list[Any]) -> bytes:
+    return b"data=" + quote(b64(items), safe="").encode()
+
+
+def test_mixpanel_gets_the_sdk_s_json_and_the_rows_get_the_client_ip(make_app, mp, tmp_path) -> None:
+    """Verbatim forwarding (lever 3): a browser batch the proxy changes only by the client IP
+    reaches Mixpanel as the SDK's own JSON, with the IP in X-Forwarded-For and `ip=1`, as
+    Mixpanel's own tracking proxy sends it; the stored rows carry the IP as ever."""
+    client = make_app(destinations="mixpanel,files", mixpanel_api_host=mp.url).test_client()
+    reply = client.post("/track/?ip=1", data=_browser_form(BROWSER_BATCH), headers={"X-Forwarded-For": CLIENT})
+    assert reply.status_code == 200, reply.data
+    [sent] = mp.requests("track")
+    assert gzip.decompress(sent.body) == _compact(BROWSER_BATCH)
+    assert (sent.query["ip"], sent.headers["x-forwarded-for"], sent.headers["x-real-ip"]) == ("1", CLIENT, CLIENT)
+    rows = read_rows(tmp_path / "data", "events")
+    assert sorted(row["insert_id"] for row in rows) == ["a1b2c3", "d4e5f6"]
+    assert all(row["properties"]["ip"] == CLIENT for row in rows)
+
+
+@pytest.mark.parametrize(
+    ("change", "settings", "items"),
+    [
+        ("an event without time", {}, [BROWSER_BATCH[0], _event("No time", distinct_id="u", token="tok-web")]),
+        ("properties missing", {}, [BROWSER_BATCH[0], {"event": "Bare"}]),
+        ("MIXPANEL_TOKEN", {"mixpanel_token": "tok-override"}, BROWSER_BATCH),
+        ("TRANSFORM", {"transform": f"{ROOT}/examples/strip_pii.py:transform"}, BROWSER_BATCH),
+    ],
+)
+def test_records_the_proxy_changes_are_re_encoded_with_the_client_ip(change, settings, items, make_app, mp) -> None:
+    """Where normalising or TRANSFORM changes more than the client IP, Mixpanel gets the
+    records as changed, re-encoded, each carrying the IP: never the SDK's JSON."""
+    client = make_app(destinations="mixpanel", mixpanel_api_host=mp.url, **settings).test_client()
+    reply = client.post("/track/?ip=1", data=_browser_form(items), headers={"X-Forwarded-For": CLIENT})
+    assert reply.status_code == 200, reply.data
+    [sent] = mp.requests("track")
+    assert gzip.decompress(sent.body) != _compact(items)
+    records = mp.records("track")
+    assert [r["event"] for r in records] == [item["event"] for item in items]
+    assert all(r["properties"]["ip"] == CLIENT and "time" in r["properties"] for r in records)
+    if "mixpanel_token" in settings:
+        assert {r["properties"]["token"] for r in records} == {"tok-override"}
+
+
+def test_a_profile_batch_as_sent_keeps_its_own_bytes_upstream(make_app, mp) -> None:
+    """/engage and /groups carry the client IP upstream the same way: a JSON array body goes
+    as it came, without the `$ip` the stored rows get."""
+    client = make_app(destinations="mixpanel", mixpanel_api_host=mp.url).test_client()
+    body = json.dumps(IOS_PROFILE).encode()
+    reply = client.post("/engage/?ip=1", data=body, headers={"X-Forwarded-For": CLIENT, "Content-Type": JSON})
+    assert reply.status_code == 200, reply.data
+    [sent] = mp.requests("engage")
+    assert gzip.decompress(sent.body) == body
+    assert mp.records("engage") == IOS_PROFILE and sent.headers["x-forwarded-for"] == CLIENT
 
 
 def test_payloads_really_contain_the_characters_form_parsers_break() -> None:
