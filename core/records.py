@@ -101,18 +101,18 @@ def _normalize_profile(item: dict, ip: str | None, token: str | None, with_ip: b
 
 
 def sent_as_is(endpoint: str, items: Iterable[Any], token: str | None) -> bool:
-    """Whether normalize() changes these items, if at all, only by adding the client IP, which
-    Mixpanel also takes from X-Forwarded-For with `ip=1`, as its own tracking proxy sends it.
-    Then the SDK's JSON can go to Mixpanel as it came. Ask before normalising: every event
-    mixpanel-browser sends carries its `time`, so it is its token override or TRANSFORM
-    (checked by the caller) that changes a request; /import has no `ip=1`, so its events keep
-    their `ip` property, and `MIXPANEL_TOKEN` rewrites every record."""
+    """Whether normalize() would change these items only by adding the client IP. Mixpanel
+    also gets that IP in X-Forwarded-For with `ip=1`, as its own tracking proxy sends it, so
+    the SDK's JSON can then go to Mixpanel as it came. Ask before normalising, which completes
+    the items in place. Never for /import (no `ip=1` there: its events keep their `ip`) nor
+    with `MIXPANEL_TOKEN` (it rewrites every record); events must carry `properties` with a
+    `time`, as mixpanel-browser's do. A TRANSFORM is the caller's to rule out."""
     if token or endpoint not in _SENT_AS_IS:
         return False
     if ENDPOINT_KINDS[endpoint] != "event":
         return True  # a profile update only gets `$ip`
     for item in items:
-        if item.__class__ is dict or isinstance(item, dict):
+        if isinstance(item, dict):
             props = item.get("properties")
             if props is None or (isinstance(props, dict) and "time" not in props):
                 return False  # normalize adds `properties` or `time`
