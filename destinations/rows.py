@@ -352,7 +352,7 @@ def encode_lines(rows: Iterable[Row]) -> list[Line]:
     for row in rows:
         when = row.get("insert_time")
         if when is not seen:
-            seen, hour = when, (when or "")[:13]
+            seen, hour = when, hour_of(row)
         try:
             line = b"".join((orjson.dumps(row), b""))  # sized exactly: see dumps_row
         except (TypeError, orjson.JSONEncodeError):

@@ -100,29 +100,13 @@ def text_of(raw: bytes) -> str:
     return halves.encode("utf-16-le", "surrogatepass").decode("utf-16-le")
 
 
-def data_value(raw: str) -> Any:
-    plain = unquote_plus(raw).strip()
-    if plain[:1] in ("[", "{"):
-        return json.loads(plain)
-    b64 = "".join(unquote(raw).split())
-    return json.loads(text_of(base64.b64decode(b64 + "=" * (-len(b64) % 4), validate=True)))
-
-
 def decode(request: Sent) -> list[Any]:
-    body = request.body
-    if request.headers.get("content-encoding", "").lower() == "gzip":
-        body = gzip.decompress(body)
-    text = text_of(body).strip()
-    if text[:1] in ("[", "{"):
-        try:
-            value = json.loads(text)
-        except ValueError:
-            value = [json.loads(line) for line in text.splitlines() if line.strip()]
-    else:
-        raw = form_fields(text).get("data")
-        if raw is None:
-            raw = request.query["data"]
-        value = data_value(raw)
+    """The records the SDK sent: its JSON (sdk_json), or NDJSON, as a list."""
+    text = text_of(sdk_json(request)).strip()
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = [json.loads(line) for line in text.splitlines() if line.strip()]
     return value if isinstance(value, list) else [value]
 
 
