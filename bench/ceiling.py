@@ -45,6 +45,24 @@ at most one per 10 ms, made by one OS thread per worker, woken and waking reques
 proxy's write-ahead buffer does (core/green.py). No segments, no frames, no recovery, no
 acknowledgements: each of those only adds work. So no Mixpanel + files proxy with the durable
 default, on this stack with these libraries, beats it.
+
+`rowmodel` (`bench.ceiling:rowmodel`, the `rowmodel` set) is the durable ceiling doing what this
+proxy's documented contracts ask of a Mixpanel + files request, and nothing else:
+* the stored lines are the row model's (README, "Destinations"; destinations/rows.py): each
+  event completed with the client IP as normalising completes it, and one row per event with
+  its columns (`event`, `event_time` in RFC 3339 from the event's `time`, `insert_time`,
+  `token`, `device_id`, `insert_id`, `user_id`, `distinct_id`) and its `properties`, one
+  orjson line each, built by a plain dict literal: no type checks, no fallbacks, no extra
+  columns;
+* Mixpanel gets what docs/wire-formats.md says it gets: the SDK's JSON array, gzipped
+  (`Content-Encoding: gzip`, ISA-L at the proxy's upstream level), the client IP in
+  `X-Forwarded-For`, with `ip=1&verbose=1`.
+It is durable as `durable` is (one sync-flushed gzip stream appended to one file, group fsync).
+It assumes the bench's bodies (a `data=` form of base64 JSON with `time` in seconds) and checks
+nothing: no validation, no write-ahead frames or acknowledgements, no delivery buffer, no hour
+partitions, no metrics. tests/test_bench_bounds.py checks that its lines are the proxy's rows,
+byte for byte. So it bounds this proxy (not any proxy) on this stack with these libraries:
+`Mixpanel + files ÷ row-model ceiling` is the share of it the proxy's request path reaches.
 """
 
 from __future__ import annotations
@@ -61,6 +79,8 @@ from isal import isal_zlib
 
 from core import codec, green
 from core.http import ConnectionPool
+from destinations.mixpanel import GZIP_LEVEL
+from destinations.rows import format_timestamp
 from proxy.payloads import decode
 
 app = Flask(__name__)
@@ -68,6 +88,7 @@ forwarder = Flask(f"{__name__}.forwarder")
 decoder = Flask(f"{__name__}.decoder")
 essentials = Flask(f"{__name__}.essentials")
 durable = Flask(f"{__name__}.durable")
+rowmodel = Flask(f"{__name__}.rowmodel")
 
 METHODS = ["GET", "POST"]
 
@@ -107,6 +128,7 @@ def import_() -> Response:
 @decoder.route("/ping")
 @essentials.route("/ping")
 @durable.route("/ping")
+@rowmodel.route("/ping")
 def ping() -> Response:
     return Response("1", mimetype="text/plain")  # the harness's readiness check
 
@@ -233,6 +255,55 @@ def durable_essential(endpoint: str) -> Response:
     reply = _forward(body)  # the fsync round overlaps the upstream round trip, as in the proxy
     # Freed before the wait, while still in the CPU's caches, as the proxy does (proxy/ingest.py).
     del body, records, lines
+    _log[0].wait(position)
+    return reply
+
+
+def row_lines(items: list, client_ip: str, received_at: float) -> bytes:
+    """The NDJSON lines the proxy stores for these decoded events (its rows: destinations/rows.py),
+    the events completed with the client IP first, as normalising does."""
+    insert_time = format_timestamp(received_at)
+    lines = []
+    for item in items:
+        props = item["properties"]
+        if "ip" not in props:
+            props["ip"] = client_ip
+        get = props.get
+        row = {
+            "event": item["event"],
+            "event_time": format_timestamp(props["time"]),
+            "insert_time": insert_time,
+            "token": get("token"),
+            "device_id": get("$device_id"),
+            "insert_id": get("$insert_id"),
+            "user_id": get("$user_id"),
+            "distinct_id": get("distinct_id"),
+            "properties": props,
+        }
+        lines.append(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
+    return b"".join(lines)
+
+
+@rowmodel.route("/<any(track, engage, groups, import):endpoint>", methods=METHODS)
+@rowmodel.route("/<any(track, engage, groups, import):endpoint>/", methods=METHODS)
+def row_model(endpoint: str) -> Response:
+    received_at = time.time()
+    decoded = decode(request.get_data(cache=False), request.args, request.headers.get("Content-Encoding"))
+    if not _log:
+        directory = os.environ.get("BUFFER_DIR") or tempfile.mkdtemp(prefix="rowmodel-")
+        _log.append(_GroupCommitLog(directory))
+        _stream.append(codec.compressor(6))
+    ip = request.remote_addr or ""
+    lines = row_lines(decoded.items, ip, received_at)
+    position = _log[0].append(_stream[0].compress(lines) + _stream[0].flush(isal_zlib.Z_SYNC_FLUSH))
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip", "X-Forwarded-For": ip}
+    if not _upstream:
+        _upstream.append(ConnectionPool(os.environ["MIXPANEL_API_HOST"]))
+    # The SDK's JSON as the decoder read it, gzipped at the proxy's upstream level (destinations/mixpanel.py).
+    body = codec.gzip(decoded.raw, GZIP_LEVEL)
+    answer = _upstream[0].request("POST", f"/{endpoint}?ip=1&verbose=1", body, headers, connect_timeout=5, read_timeout=10)
+    reply = Response(answer.content, status=answer.status, content_type=answer.headers.get("Content-Type"))
+    del decoded, lines, body
     _log[0].wait(position)
     return reply
 

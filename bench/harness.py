@@ -43,6 +43,8 @@ DECODE_APP = "bench.ceiling:decoder"
 ESSENTIAL_APP = "bench.ceiling:essentials"
 # The same, durable as the proxy's default: each request's rows fsynced (group commit) before the reply.
 DURABLE_APP = "bench.ceiling:durable"
+# The same, doing what this proxy's contracts ask: row-model lines, the SDK's JSON gzipped upstream.
+ROWMODEL_APP = "bench.ceiling:rowmodel"
 # The reference apps in bench/ceiling.py, by set; they run right after the pass-through, in this order.
 CEILING_APPS = {
     "ceiling": CEILING_APP,
@@ -50,6 +52,7 @@ CEILING_APPS = {
     "decode": DECODE_APP,
     "essential": ESSENTIAL_APP,
     "durable": DURABLE_APP,
+    "rowmodel": ROWMODEL_APP,
 }
 SETS: dict[str, tuple[str, str]] = {
     # key: (DESTINATIONS, title); `ceiling` is not the proxy and has no destinations
@@ -58,6 +61,7 @@ SETS: dict[str, tuple[str, str]] = {
     "decode": ("", "decoding ceiling: forwards verbatim, decodes the body with the proxy's decoder"),
     "essential": ("", "essential-work ceiling: forwards, decodes, gzips one NDJSON line per record"),
     "durable": ("", "durable essential-work ceiling: the same, fsynced before the reply (group commit)"),
+    "rowmodel": ("", "row-model ceiling: the same, its lines the proxy's rows, the SDK's JSON gzipped upstream"),
     "mixpanel": ("mixpanel", "Mixpanel only"),
     "files": ("mixpanel,files", "Mixpanel + files"),
     "s3": ("mixpanel,s3", "Mixpanel + S3 (moto)"),
@@ -491,8 +495,8 @@ class Bench:
         env = {"LOG_LEVEL": "WARNING"}
         if set_key != "ceiling":
             env["MIXPANEL_API_HOST"] = f"http://127.0.0.1:{self.nginx.mixpanel_port}"
-        if set_key == "durable":  # its log goes where the proxy's write-ahead buffer goes: the same disk
-            directory = self.work / "buffer" / "durable"
+        if set_key in ("durable", "rowmodel"):  # its log goes where the proxy's write-ahead buffer goes: the same disk
+            directory = self.work / "buffer" / set_key
             shutil.rmtree(directory, ignore_errors=True)
             directory.mkdir(parents=True)
             env["BUFFER_DIR"] = str(directory)
