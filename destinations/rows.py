@@ -259,9 +259,9 @@ def insert_id(payload: dict, properties: dict) -> str:
 _EVENT_KEYS = frozenset(("event", "properties"))
 
 
-def event_row(record: Record, table: TableSchema, batch: RowBatch, insert_time: str) -> Row:
-    payload = record.payload
-    properties = payload.get("properties")
+def _event_properties(payload: dict, properties: Any) -> dict:
+    """An event's `properties` as its row keeps them, when the event is not simply
+    `{"event": ..., "properties": {...}}`."""
     if not isinstance(properties, dict):
         properties = {} if properties is None else {"properties": properties}
     if not payload.keys() <= _EVENT_KEYS:
@@ -270,10 +270,21 @@ def event_row(record: Record, table: TableSchema, batch: RowBatch, insert_time: 
         for key, value in payload.items():
             if key not in _EVENT_KEYS and key not in properties:
                 properties[key] = value
+    return properties
+
+
+def event_row(record: Record, table: TableSchema, batch: RowBatch, insert_time: str) -> Row:
+    payload = record.payload
+    properties = payload.get("properties")
+    # What every SDK sends, `{"event": ..., "properties": {...}}`, needs no more checks.
+    if properties.__class__ is not dict or len(payload) != 2 or "event" not in payload:
+        properties = _event_properties(payload, properties)
     # Otherwise the row shares the record's `properties`: records and rows are read-only
     # (a WAREHOUSE_TRANSFORM hook gets a deep copy), and a copy per event cost 0.8 µs.
     get = properties.get
-    seconds = parse_time(get("time"))
+    seconds = get("time")
+    if seconds.__class__ is not float or not 0.0 <= seconds < MS_THRESHOLD:  # a float in seconds is as is
+        seconds = parse_time(seconds)
     # Each column tests for the common case (a string) before calling text(): 50 events a
     # browser batch, 6 columns each.
     event, token, device, explicit, user, distinct = (

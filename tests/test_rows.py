@@ -250,46 +250,57 @@ def test_odd_events_still_make_rows():
     assert row["properties"]["time"] == "garbage"  # the original value is kept
 
 
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        (1700000000, 1700000000.0),
-        (1700000000.5, 1700000000.5),
-        (1700000000123, 1700000000.123),
-        (1700000000123.456, 1700000000.123456),  # ms with a fraction
-        ("1700000000", 1700000000.0),
-        ("1700000000123", 1700000000.123),
-        (" 1700000000.25 ", 1700000000.25),
-        ("2023-11-14T22:13:20Z", 1700000000.0),
-        ("2023-11-14T22:13:20.5+00:00", 1700000000.5),
-        ("2023-11-15T00:13:20+02:00", 1700000000.0),  # offsets honoured
-        ("2023-11-14T22:13:20", 1700000000.0),  # naive means UTC
-        ("2023-11-14", 1699920000.0),
-        (0, 0.0),
-        (-86400, -86400.0),
-        (253402300799, 253402300.799),  # ms, year 1978: unambiguous by the 1e11 rule
-        ("garbage", None),
-        ("", None),
-        (None, None),
-        (True, None),
-        (float("nan"), None),
-        (float("inf"), None),
-        (float("-inf"), None),
-        ("nan", None),
-        ("-Infinity", None),
-        ("1e400", None),
-        (1e20, None),  # far future even as ms
-        (-1e20, None),  # far past
-        ({"t": 1}, None),
-        ([1700000000], None),
-    ],
-)
+TIMES = [
+    (1700000000, 1700000000.0),
+    (1700000000.5, 1700000000.5),
+    (1700000000123, 1700000000.123),
+    (1700000000123.456, 1700000000.123456),  # ms with a fraction
+    ("1700000000", 1700000000.0),
+    ("1700000000123", 1700000000.123),
+    (" 1700000000.25 ", 1700000000.25),
+    ("2023-11-14T22:13:20Z", 1700000000.0),
+    ("2023-11-14T22:13:20.5+00:00", 1700000000.5),
+    ("2023-11-15T00:13:20+02:00", 1700000000.0),  # offsets honoured
+    ("2023-11-14T22:13:20", 1700000000.0),  # naive means UTC
+    ("2023-11-14", 1699920000.0),
+    (0, 0.0),
+    (-86400, -86400.0),
+    (253402300799, 253402300.799),  # ms, year 1978: unambiguous by the 1e11 rule
+    ("garbage", None),
+    ("", None),
+    (None, None),
+    (True, None),
+    (float("nan"), None),
+    (float("inf"), None),
+    (float("-inf"), None),
+    ("nan", None),
+    ("-Infinity", None),
+    ("1e400", None),
+    (1e20, None),  # far future even as ms
+    (-1e20, None),  # far past
+    ({"t": 1}, None),
+    ([1700000000], None),
+    (1e11 - 0.5, 1e11 - 0.5),  # the last float taken as seconds
+    (-0.0, 0.0),
+]
+
+
+@pytest.mark.parametrize(("value", "expected"), TIMES)
 def test_parse_time(value, expected):
     result = parse_time(value)
     if expected is None:
         assert result is None
     else:
         assert result == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize(("value", "expected"), TIMES)
+def test_an_events_time_column_is_its_parsed_time_or_the_receive_time(value, expected):
+    """event_row takes a float in seconds as it is, without parse_time: the column must be
+    what parse_time gives all the same, in the SDKs' own shape and in any other."""
+    for payload in ({"event": "e", "properties": {"time": value}}, {"event": "e", "properties": {"time": value}, "x": 1}):
+        row = rows_for("event", payload).tables["events"][0]
+        assert row["event_time"] == rows.format_timestamp(RECEIVED if expected is None else parse_time(value))
 
 
 def test_far_future_time_uses_receive_time_and_keeps_original():
