@@ -14,6 +14,10 @@ from typing import TypeVar
 from core import green
 
 T = TypeVar("T")
+# The jitter's own generator: retries run on background threads, and drawing from the random
+# module's shared one would move the state a caller seeded (Hypothesis warns when that happens
+# while it generates examples).
+_jitter = random.Random()
 
 
 class DestinationError(Exception):
@@ -52,7 +56,7 @@ class RetryPolicy:
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         """Full-jitter-ish backoff for the pause after `attempt` (1-based); never shorter
         than the server's own Retry-After."""
-        backoff = min(self.base_seconds * 2 ** (attempt - 1), self.max_delay_seconds) * (0.5 + random.random())
+        backoff = min(self.base_seconds * 2 ** (attempt - 1), self.max_delay_seconds) * (0.5 + _jitter.random())
         return max(backoff, retry_after or 0.0)
 
     def run(
