@@ -62,11 +62,15 @@ def _ratio(a: float | None, b: float | None, digits: int = 2) -> str:
 def _vs(a: dict, b: dict) -> float:
     """a's events/s ÷ b's. With several passes (`--passes`), the median over the passes of
     the two runs of the same pass: runs minutes apart on this shared machine are not comparable."""
+    ratios = _pass_ratios(a, b)
+    return statistics.median(ratios) if len(ratios) > 1 else a["events_per_s"] / b["events_per_s"]
+
+
+def _pass_ratios(a: dict, b: dict) -> list[float]:
+    """a's events/s ÷ b's in each pass both ran (empty without several passes)."""
     mine, theirs = a.get("per_pass_events") or {}, b.get("per_pass_events") or {}
     common = [p for p in mine if p in theirs and theirs[p]]
-    if len(common) > 1:
-        return statistics.median(mine[p] / theirs[p] for p in common)
-    return a["events_per_s"] / b["events_per_s"]
+    return [mine[p] / theirs[p] for p in common] if len(common) > 1 else []
 
 
 REFERENCE_SETS = ("passthrough", "ceiling")  # shown as events/s in the passes' table, not ÷ the ceiling
@@ -881,7 +885,7 @@ def round_two(runs: list[dict], ceiling: dict[str, dict], isolation: dict) -> li
             out.append(
                 "| … the essential-work ceiling ÷ the Node original: the most any Mixpanel + files proxy on this stack "
                 f"reaches | reported | {bound:.2f}× ({_num(essential['events_per_s'])} vs {_num(node['events_per_s'])}) "
-                f"| {_reach(bound, 5)} |"
+                f"| {_settled(_pass_ratios(essential, node), 5) or _reach(bound, 5)} |"
             )
     else:
         out.append("| Mixpanel + files ÷ the Node original | ≥ 5× | not measured (`--node-original DIR`) | – |")
@@ -1001,10 +1005,11 @@ def bound_rows(
     ratio = _vs(bound_run, top)
     # How close to the bound itself the target sits: a proxy doing anything beyond the bound's work stays below it.
     headroom = f": the target is {_percent(bound_target / ratio)} of this bound" if ratio >= bound_target else ""
+    verdict = _settled(_pass_ratios(bound_run, top), bound_target) or f"{_reach(ratio, bound_target)}{headroom}"
     rows = [
         f"| … {where}{lead}: {ceiling} (`bench.ceiling:{app}`), a bound on any {kind} proxy | reported "
         f"| {_against(ratio, bound_target)}× ({_num(bound_run['events_per_s'])} vs {_num(top['events_per_s'])} events/s) "
-        f"| {_reach(ratio, bound_target)}{headroom} |"
+        f"| {verdict} |"
     ]
     if proxy:
         share = _vs(proxy, bound_run)
@@ -1089,6 +1094,15 @@ def _against(ratio: float, target: float) -> str:
 def _reach(bound: float, target: float) -> str:
     """Whether a bound on every proxy of its kind leaves room for a target."""
     return f"**{target}× out of reach**" if bound < target else f"{target}× within reach"
+
+
+def _settled(passes: list[float], target: float) -> str | None:
+    """None, or what to say instead of `_reach` when a bound's passes fall on both sides of
+    its target: which side the median lands on is then the machine's noise."""
+    if passes and min(passes) < target <= max(passes):
+        shown = ", ".join(f"{r:.3f}" if r < 1 else f"{r:.2f}" for r in passes)
+        return f"not settled: the passes ({shown}) fall on both sides of {target}×, so the target is about this bound"
+    return None
 
 
 def hang_targets(isolation: dict) -> list[str]:
