@@ -244,19 +244,25 @@ _stream: list = []  # its lake gzip stream
 def durable_essential(endpoint: str) -> Response:
     body = request.get_data(cache=False)
     records = decode(body, request.args, request.headers.get("Content-Encoding")).items
+    lines = b"".join([orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE) for record in records])
+    position = _append_durably(lines)
+    reply = _forward(body)  # the fsync round overlaps the upstream round trip, as in the proxy
+    # Freed before the wait, while still in the CPU's caches, as the proxy does (proxy/ingest.py).
+    del body, records, lines
+    _log[0].wait(position)
+    return reply
+
+
+def _append_durably(lines: bytes) -> int:
+    """Feed `lines` to the worker's lake gzip stream and append what it gives to the worker's
+    log; returns the log position to wait for (`_log[0].wait`). Made on first use."""
     if not _log:
         directory = os.environ.get("BUFFER_DIR") or tempfile.mkdtemp(prefix="durable-")
         _log.append(_GroupCommitLog(directory))
         # The lake's streaming gzip, flushed to a byte boundary per request so that its bytes
         # are whole on disk: compressed once, they are both the durable copy and the object's.
         _stream.append(codec.compressor(6))
-    lines = b"".join([orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE) for record in records])
-    position = _log[0].append(_stream[0].compress(lines) + _stream[0].flush(isal_zlib.Z_SYNC_FLUSH))
-    reply = _forward(body)  # the fsync round overlaps the upstream round trip, as in the proxy
-    # Freed before the wait, while still in the CPU's caches, as the proxy does (proxy/ingest.py).
-    del body, records, lines
-    _log[0].wait(position)
-    return reply
+    return _log[0].append(_stream[0].compress(lines) + _stream[0].flush(isal_zlib.Z_SYNC_FLUSH))
 
 
 def row_lines(items: list, client_ip: str, received_at: float) -> bytes:
@@ -289,28 +295,27 @@ def row_lines(items: list, client_ip: str, received_at: float) -> bytes:
 def row_model(endpoint: str) -> Response:
     received_at = time.time()
     decoded = decode(request.get_data(cache=False), request.args, request.headers.get("Content-Encoding"))
-    if not _log:
-        directory = os.environ.get("BUFFER_DIR") or tempfile.mkdtemp(prefix="rowmodel-")
-        _log.append(_GroupCommitLog(directory))
-        _stream.append(codec.compressor(6))
     ip = request.remote_addr or ""
     lines = row_lines(decoded.items, ip, received_at)
-    position = _log[0].append(_stream[0].compress(lines) + _stream[0].flush(isal_zlib.Z_SYNC_FLUSH))
+    position = _append_durably(lines)
     headers = {"Content-Type": "application/json", "Content-Encoding": "gzip", "X-Forwarded-For": ip}
-    if not _upstream:
-        _upstream.append(ConnectionPool(os.environ["MIXPANEL_API_HOST"]))
     # The SDK's JSON as the decoder read it, gzipped at the proxy's upstream level (destinations/mixpanel.py).
     body = codec.gzip(decoded.raw, GZIP_LEVEL)
-    answer = _upstream[0].request("POST", f"/{endpoint}?ip=1&verbose=1", body, headers, connect_timeout=5, read_timeout=10)
+    answer = _pool().request("POST", f"/{endpoint}?ip=1&verbose=1", body, headers, connect_timeout=5, read_timeout=10)
     reply = Response(answer.content, status=answer.status, content_type=answer.headers.get("Content-Type"))
     del decoded, lines, body
     _log[0].wait(position)
     return reply
 
 
-def _forward(body: bytes | None = None) -> Response:
+def _pool() -> ConnectionPool:
+    """The worker's connections to the Mixpanel double."""
     if not _upstream:
         _upstream.append(ConnectionPool(os.environ["MIXPANEL_API_HOST"]))
+    return _upstream[0]
+
+
+def _forward(body: bytes | None = None) -> Response:
     target = request.full_path if request.query_string else request.path
     headers = {"Content-Type": request.content_type or "application/x-www-form-urlencoded"}
     if request.remote_addr:
@@ -318,5 +323,5 @@ def _forward(body: bytes | None = None) -> Response:
     if request.authorization is not None:
         headers["Authorization"] = request.headers["Authorization"]
     data = request.get_data() if body is None else body
-    answer = _upstream[0].request("POST", target, data, headers, connect_timeout=5, read_timeout=10)
+    answer = _pool().request("POST", target, data, headers, connect_timeout=5, read_timeout=10)
     return Response(answer.content, status=answer.status, content_type=answer.headers.get("Content-Type"))
