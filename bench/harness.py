@@ -1013,6 +1013,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--quiet-wait", type=float, default=60, help="max seconds to wait before each run for the machine to be idle (default 60)"
     )
+    parser.add_argument(
+        "--results-dir",
+        default=str(BENCH.relative_to(ROOT)),
+        metavar="DIR",
+        help="where RESULTS.md and results.json are read and written (default bench/): a focused run written "
+        "elsewhere leaves the full run's record as it is",
+    )
     parser.add_argument("--work-dir", default=None, help="parent of the scratch folder (default: the system temp dir)")
     parser.add_argument("--keep-work-dir", action="store_true", help="keep the scratch space (written data) afterwards")
     return parser.parse_args(argv)
@@ -1028,14 +1035,16 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
+    out = ROOT / args.results_dir
     if args.render_only:
-        results = json.loads((BENCH / "results.json").read_text())
-        (BENCH / "RESULTS.md").write_text(report.render(results))
-        log("re-rendered bench/RESULTS.md from bench/results.json")
+        results = json.loads((out / "results.json").read_text())
+        (out / "RESULTS.md").write_text(report.render(results))
+        log(f"re-rendered {args.results_dir}/RESULTS.md from {args.results_dir}/results.json")
         return 0
     bench = Bench(args)
     started = datetime.now(UTC)
-    previous = BENCH / "results.json"
+    out.mkdir(parents=True, exist_ok=True)
+    previous = out / "results.json"
     results: dict[str, Any] = {
         "command": shlex.join(["bench/run.sh", *argv]),
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
@@ -1105,6 +1114,6 @@ def main(argv: list[str] | None = None) -> int:
         results["finished"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         results["wall_minutes"] = minutes
     previous.write_text(json.dumps(results, indent=1, default=str))
-    (BENCH / "RESULTS.md").write_text(report.render(results))
-    log(f"wrote bench/RESULTS.md and bench/results.json in {minutes} min")
+    (out / "RESULTS.md").write_text(report.render(results))
+    log(f"wrote {args.results_dir}/RESULTS.md and {args.results_dir}/results.json in {minutes} min")
     return 0
