@@ -1014,8 +1014,8 @@ def bound_rows(
         f"| {verdict} |"
     ]
     if proxy:
-        share = _vs(proxy, bound_run)
-        goal, verdict = ("reported", "–") if proposed is None else (f"≥ {proposed}×", _verdict(share >= proposed))
+        share, shares = _vs(proxy, bound_run), _pass_ratios(proxy, bound_run)
+        goal, verdict = ("reported", "–") if proposed is None else (f"≥ {proposed}×", _met(shares, share, proposed))
         label = f"{scenario}, {set_title(proxy['set'])} ÷ {ceiling}" + ("" if proposed is None else " (proposed)")
         rows.append(
             f"| {label} | {goal} "
@@ -1117,6 +1117,14 @@ def median_interval(values: list[float], confidence: float = CONFIDENCE) -> tupl
     while k + 1 <= n - k and coverage(k + 1) >= confidence:
         k += 1
     return ordered[k - 1], ordered[n - k], coverage(k)
+
+
+def _met(passes: list[float], ratio: float, target: float) -> str:
+    """A proposed target's verdict on the proxy's share of a bound, by the same interval as
+    the bounds' (`_settled`): met or missed with its confidence, or not settled."""
+    if unsettled := _settled(passes, target):
+        return unsettled.replace("so the target is about this bound", "so the proxy is about on it")
+    return _verdict(ratio >= target) + _confidence(passes)
 
 
 def _settled(passes: list[float], target: float) -> str | None:

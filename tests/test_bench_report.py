@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from bench.report import CONFIDENCE, _settled, median_interval
+from bench.report import CONFIDENCE, _met, _settled, median_interval
 
 
 @pytest.mark.parametrize("n", [3, 5, 6, 8, 9, 10, 12, 16, 20])
@@ -41,3 +41,10 @@ def test_a_bound_is_settled_once_its_target_is_outside_the_interval() -> None:
     assert _settled(many, 0.35) is None  # one stray pass of ten above the target
     assert _settled(many[:6] + [0.356], 0.35) is not None  # with seven, the range still decides
     assert "0.5×" in (_settled([0.44, 0.51, 0.48], 0.5) or "")
+
+
+def test_a_proposed_share_is_met_missed_or_not_settled_by_the_same_interval() -> None:
+    shares = [0.74, 0.71, 0.78, 0.73, 0.76, 0.72, 0.75, 0.77, 0.74, 0.69]
+    assert _met(shares, 0.74, 0.7).startswith("met (median 0.710-0.770×")
+    assert _met(shares, 0.74, 0.8).startswith("**missed** (median")
+    assert _met(shares, 0.74, 0.75).startswith("not settled")
