@@ -1122,12 +1122,10 @@ def median_interval(values: list[float], confidence: float = CONFIDENCE) -> tupl
 def _met(passes: list[float], ratio: float, target: float) -> str:
     """A proposed target's verdict on the proxy's share of a bound, by the same interval as
     the bounds' (`_settled`): met or missed with its confidence, or not settled."""
-    if unsettled := _settled(passes, target):
-        return unsettled.replace("so the target is about this bound", "so the proxy is about on it")
-    return _verdict(ratio >= target) + _confidence(passes)
+    return _settled(passes, target, "so the proxy is about on it") or _verdict(ratio >= target) + _confidence(passes)
 
 
-def _settled(passes: list[float], target: float) -> str | None:
+def _settled(passes: list[float], target: float, conclusion: str = "so the target is about this bound") -> str | None:
     """None, or what to say instead of `_reach` when the confidence interval for a bound's
     median (`median_interval`) holds its target: which side the median lands on is then
     the machine's noise."""
@@ -1138,7 +1136,7 @@ def _settled(passes: list[float], target: float) -> str | None:
         shown = ", ".join(f"{r:.3f}" if r < 1 else f"{r:.2f}" for r in passes)
         return (
             f"not settled: the passes ({shown}) put the median between {_places(low)}× and {_places(high)}× "
-            f"({_percent_of(coverage)} confidence), and {target}× within that, so the target is about this bound"
+            f"({_percent_of(coverage)} confidence), and {target}× within that, {conclusion}"
         )
     return None
 
