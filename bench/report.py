@@ -50,8 +50,12 @@ def _num(value: float | None, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
-def _percent(share: float | None) -> str:
-    return "–" if share is None else f"{share * 100:.0f}%"
+def _percent(share: float | None, digits: int = 0) -> str:
+    """`share` as a percentage; with `digits`, trailing zeros dropped (97.9%, 75%)."""
+    if share is None:
+        return "–"
+    text = f"{share * 100:.{digits}f}"
+    return (text.rstrip("0").rstrip(".") if digits else text) + "%"
 
 
 def _ratio(a: float | None, b: float | None, digits: int = 2) -> str:
@@ -1133,10 +1137,10 @@ def _settled(passes: list[float], target: float, conclusion: str = "so the targe
         return None
     low, high, coverage = median_interval(passes)
     if low < target <= high:
-        shown = ", ".join(f"{r:.3f}" if r < 1 else f"{r:.2f}" for r in passes)
+        shown = ", ".join(_places(r) for r in passes)
         return (
             f"not settled: the passes ({shown}) put the median between {_places(low)}× and {_places(high)}× "
-            f"({_percent_of(coverage)} confidence), and {target}× within that, {conclusion}"
+            f"({_percent(coverage, 1)} confidence), and {target}× within that, {conclusion}"
         )
     return None
 
@@ -1146,15 +1150,11 @@ def _confidence(passes: list[float]) -> str:
     if len(passes) < 2:
         return ""
     low, high, coverage = median_interval(passes)
-    return f" (median {_places(low)}-{_places(high)}×, {_percent_of(coverage)} confidence, {len(passes)} passes)"
+    return f" (median {_places(low)}-{_places(high)}×, {_percent(coverage, 1)} confidence, {len(passes)} passes)"
 
 
 def _places(ratio: float) -> str:
     return f"{ratio:.3f}" if ratio < 1 else f"{ratio:.2f}"
-
-
-def _percent_of(share: float) -> str:
-    return f"{share * 100:.1f}".rstrip("0").rstrip(".") + "%"
 
 
 def hang_targets(isolation: dict) -> list[str]:
